@@ -1,0 +1,1 @@
+"""Packed export, artifacts and ONNX of bnnkit models."""
