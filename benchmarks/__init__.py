@@ -1,0 +1,1 @@
+"""bnnkit benchmarks: cases registered in one registry, run by ``bnnkit bench`` / ``python -m benchmarks``."""
