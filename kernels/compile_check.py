@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import tempfile
+import types
 from collections import Counter
 from typing import Any
 
@@ -113,6 +114,38 @@ def _sass(cubin: bytes) -> str:
         return subprocess.run([_nvidia_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True).stdout
 
 
+def _as_jit_function(fn: Any, memo: dict | None = None) -> Any:
+    """A real ``JITFunction`` for ``fn``, also when ``fn`` was decorated under the interpreter.
+
+    With ``TRITON_INTERPRET=1`` set at import, ``@triton.jit`` yields ``InterpretedFunction``s,
+    which the GPU compiler cannot take. This rebuilds the kernel on a copy of its globals in
+    which every interpreted helper it calls is rebuilt the same way, so one process can both
+    interpret kernels and compile them for a GPU. Jit helpers must be imported by name
+    (``from .bits import pack_rows``), not reached as module attributes.
+    """
+    from triton.runtime.jit import JITFunction
+
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - every supported Triton has it
+        return fn
+    if not isinstance(fn, InterpretedFunction):
+        return fn
+    memo = {} if memo is None else memo
+    if id(fn) in memo:
+        return memo[id(fn)]
+    py = fn.fn
+    scope = dict(py.__globals__)
+    clone = types.FunctionType(py.__code__, scope, py.__name__, py.__defaults__, py.__closure__)
+    clone.__module__, clone.__qualname__, clone.__doc__ = py.__module__, py.__qualname__, py.__doc__
+    jit = JITFunction(clone, **{k: v for k, v in fn.kwargs.items() if v is not None})
+    memo[id(fn)] = jit
+    for name, value in py.__globals__.items():
+        if isinstance(value, InterpretedFunction):
+            scope[name] = _as_jit_function(value, memo)
+    return jit
+
+
 _SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 
 
@@ -136,7 +169,7 @@ def compile_for_gpu(
     from triton.compiler import ASTSource
 
     constexprs = dict(constexprs or {})
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    src = ASTSource(fn=_as_jit_function(fn), signature=signature, constexprs=constexprs)
     kernel = triton.compile(
         src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages}
     )

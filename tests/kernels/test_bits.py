@@ -1,0 +1,54 @@
+"""The shared Triton bit helpers against the PyTorch packing reference (interpreter) and on sm_80/sm_90."""
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from bnnkit.kernels.bits import interpreting, pack_rows, popcount32, unpack_rows  # noqa: E402
+from bnnkit.kernels.bitpack import pack_signs_reference  # noqa: E402
+from bnnkit.kernels.compile_check import compile_for_gpu  # noqa: E402
+
+
+@triton.jit
+def _roundtrip_kernel(x_ptr, words_ptr, bits_ptr, count_ptr, ROWS: tl.constexpr, WORDS: tl.constexpr,
+                      INTERPRET: tl.constexpr):
+    r = tl.arange(0, ROWS)[:, None]
+    c = tl.arange(0, WORDS * 32)[None, :]
+    x = tl.load(x_ptr + r * (WORDS * 32) + c)
+    words = pack_rows((x >= 0).to(tl.int32), ROWS, WORDS)
+    w = tl.arange(0, WORDS)[None, :]
+    tl.store(words_ptr + r * WORDS + w, words)
+    tl.store(bits_ptr + r * (WORDS * 32) + c, unpack_rows(words, ROWS, WORDS))
+    tl.store(count_ptr + r * WORDS + w, popcount32(words, INTERPRET))
+
+
+
+def test_pack_unpack_popcount_interpreter():
+    rows, words = 4, 2
+    device = "cpu" if interpreting() else "cuda"
+    torch.manual_seed(0)
+    x = torch.randn(rows, words * 32, device=device)
+    x[0, :32] = 0.0  # all +1: the word with bit 31 set
+    out_words = torch.full((rows, words), 7, dtype=torch.int32, device=device)
+    out_bits = torch.full((rows, words * 32), 7, dtype=torch.int32, device=device)
+    out_count = torch.full((rows, words), 7, dtype=torch.int32, device=device)
+    _roundtrip_kernel[(1,)](x, out_words, out_bits, out_count, ROWS=rows, WORDS=words, INTERPRET=interpreting())
+    ref = pack_signs_reference(x)
+    assert torch.equal(out_words, ref)
+    assert torch.equal(out_bits, (x >= 0).to(torch.int32))
+    assert torch.equal(out_count, (x >= 0).reshape(rows, words, 32).sum(-1).to(torch.int32))
+    assert out_words[0, 0].item() == -1
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_bit_helpers_compile_for_gpu(arch):
+    sig = {"x_ptr": "*fp32", "words_ptr": "*i32", "bits_ptr": "*i32", "count_ptr": "*i32",
+           "ROWS": "constexpr", "WORDS": "constexpr", "INTERPRET": "constexpr"}
+    report = compile_for_gpu(_roundtrip_kernel, sig, {"ROWS": 16, "WORDS": 4, "INTERPRET": False}, arch=arch)
+    print(report.summary())
+    assert report.spill_bytes == 0
+    assert report.count("POPC") > 0
