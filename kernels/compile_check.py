@@ -7,6 +7,12 @@ PTX -> cubin with the ptxas that ships with Triton) for ``sm_80`` / ``sm_90`` an
 register count, spills and instruction mix back from the cubin, so tests catch GPU-only
 compile errors and tuning starts from numbers.
 
+Under ``TRITON_INTERPRET=1`` (how the tests run kernels on CPU) Triton builds every jit
+function, its own standard library included, for the interpreter, and nothing can be
+compiled for a GPU in that process; :func:`compile_for_gpu` then compiles in a fresh Python
+process with the interpreter off, importing the kernel's module by name (or by file path for
+modules outside a package, such as tests).
+
 Example::
 
     report = compile_for_gpu(_my_kernel, {"x_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"},
@@ -21,7 +27,8 @@ import os
 import re
 import subprocess
 import tempfile
-import types
+import json
+import sys
 from collections import Counter
 from typing import Any
 
@@ -114,38 +121,6 @@ def _sass(cubin: bytes) -> str:
         return subprocess.run([_nvidia_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True).stdout
 
 
-def _as_jit_function(fn: Any, memo: dict | None = None) -> Any:
-    """A real ``JITFunction`` for ``fn``, also when ``fn`` was decorated under the interpreter.
-
-    With ``TRITON_INTERPRET=1`` set at import, ``@triton.jit`` yields ``InterpretedFunction``s,
-    which the GPU compiler cannot take. This rebuilds the kernel on a copy of its globals in
-    which every interpreted helper it calls is rebuilt the same way, so one process can both
-    interpret kernels and compile them for a GPU. Jit helpers must be imported by name
-    (``from .bits import pack_rows``), not reached as module attributes.
-    """
-    from triton.runtime.jit import JITFunction
-
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # pragma: no cover - every supported Triton has it
-        return fn
-    if not isinstance(fn, InterpretedFunction):
-        return fn
-    memo = {} if memo is None else memo
-    if id(fn) in memo:
-        return memo[id(fn)]
-    py = fn.fn
-    scope = dict(py.__globals__)
-    clone = types.FunctionType(py.__code__, scope, py.__name__, py.__defaults__, py.__closure__)
-    clone.__module__, clone.__qualname__, clone.__doc__ = py.__module__, py.__qualname__, py.__doc__
-    jit = JITFunction(clone, **{k: v for k, v in fn.kwargs.items() if v is not None})
-    memo[id(fn)] = jit
-    for name, value in py.__globals__.items():
-        if isinstance(value, InterpretedFunction):
-            scope[name] = _as_jit_function(value, memo)
-    return jit
-
-
 _SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 
 
@@ -169,7 +144,9 @@ def compile_for_gpu(
     from triton.compiler import ASTSource
 
     constexprs = dict(constexprs or {})
-    src = ASTSource(fn=_as_jit_function(fn), signature=signature, constexprs=constexprs)
+    if _is_interpreted(fn):
+        return _compile_in_subprocess(fn, signature, constexprs, arch, num_warps, num_stages)
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
     kernel = triton.compile(
         src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages}
     )
@@ -189,3 +166,84 @@ def compile_for_gpu(
         ptx=ptx,
         sass=sass,
     )
+
+
+def _is_interpreted(fn: Any) -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(fn, InterpretedFunction)
+
+
+def _kernel_location(fn: Any) -> dict[str, str]:
+    py = fn.fn
+    return {"module": py.__module__, "file": py.__code__.co_filename, "name": py.__name__}
+
+
+def _load_kernel(location: dict[str, str]) -> Any:
+    import importlib
+    import importlib.util
+
+    try:
+        module = importlib.import_module(location["module"])
+        if getattr(getattr(module, location["name"], None), "fn", None) is None:
+            raise ImportError(location["module"])
+    except ImportError:
+        spec = importlib.util.spec_from_file_location("_bnnkit_compile_target", location["file"])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return getattr(module, location["name"])
+
+
+@dataclasses.dataclass
+class CompileRequest:
+    """One kernel configuration to compile: arguments of :func:`compile_for_gpu`."""
+
+    fn: Any
+    signature: dict[str, str]
+    constexprs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    arch: int = 90
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def compile_many(requests: list[CompileRequest]) -> list[GpuCompileReport]:
+    """Compile several kernels; under the interpreter in one subprocess (startup costs seconds)."""
+    if not any(_is_interpreted(r.fn) for r in requests):
+        return [compile_for_gpu(r.fn, r.signature, r.constexprs, arch=r.arch, num_warps=r.num_warps,
+                                num_stages=r.num_stages) for r in requests]
+    payload = [{"location": _kernel_location(r.fn), "signature": r.signature, "constexprs": r.constexprs,
+                "arch": r.arch, "num_warps": r.num_warps, "num_stages": r.num_stages} for r in requests]
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    out = subprocess.run([sys.executable, "-m", "bnnkit.kernels.compile_check"], input=json.dumps(payload),
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        names = ", ".join(f"{p['location']['name']}@sm_{p['arch']}" for p in payload)
+        raise RuntimeError(f"compiling {names} failed:\n{out.stderr[-6000:]}")
+    reports = []
+    for fields in json.loads(out.stdout.strip().splitlines()[-1]):
+        fields["sass_ops"] = Counter(fields["sass_ops"])
+        reports.append(GpuCompileReport(**fields))
+    return reports
+
+
+def _compile_in_subprocess(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], arch: int,
+                           num_warps: int, num_stages: int) -> GpuCompileReport:
+    return compile_many([CompileRequest(fn, signature, constexprs, arch, num_warps, num_stages)])[0]
+
+
+def _main() -> None:
+    out = []
+    for request in json.loads(sys.stdin.read()):
+        report = compile_for_gpu(_load_kernel(request["location"]), request["signature"], request["constexprs"],
+                                 arch=request["arch"], num_warps=request["num_warps"],
+                                 num_stages=request["num_stages"])
+        fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
+        fields["sass_ops"] = dict(report.sass_ops)
+        out.append(fields)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    _main()

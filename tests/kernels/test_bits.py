@@ -10,7 +10,7 @@ import triton.language as tl  # noqa: E402
 
 from bnnkit.kernels.bits import interpreting, pack_rows, popcount32, unpack_rows  # noqa: E402
 from bnnkit.kernels.bitpack import pack_signs_reference  # noqa: E402
-from bnnkit.kernels.compile_check import compile_for_gpu  # noqa: E402
+from bnnkit.kernels.compile_check import CompileRequest, compile_many  # noqa: E402
 
 
 @triton.jit
@@ -44,11 +44,13 @@ def test_pack_unpack_popcount_interpreter():
     assert out_words[0, 0].item() == -1
 
 
-@pytest.mark.parametrize("arch", [80, 90])
-def test_bit_helpers_compile_for_gpu(arch):
+def test_bit_helpers_compile_for_gpu():
     sig = {"x_ptr": "*fp32", "words_ptr": "*i32", "bits_ptr": "*i32", "count_ptr": "*i32",
            "ROWS": "constexpr", "WORDS": "constexpr", "INTERPRET": "constexpr"}
-    report = compile_for_gpu(_roundtrip_kernel, sig, {"ROWS": 16, "WORDS": 4, "INTERPRET": False}, arch=arch)
-    print(report.summary())
-    assert report.spill_bytes == 0
-    assert report.count("POPC") > 0
+    consts = {"ROWS": 16, "WORDS": 4, "INTERPRET": False}
+    reports = compile_many([CompileRequest(_roundtrip_kernel, sig, consts, arch=a) for a in (80, 90)])
+    for report in reports:
+        print(report.summary())
+        assert report.spill_bytes == 0
+        assert report.count("POPC") > 0
+    assert [r.arch for r in reports] == [80, 90]
