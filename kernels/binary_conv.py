@@ -89,6 +89,17 @@ def _binary_conv_kernel(
                    OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BN)
 
 
+def conv_signature(x_type: str, w_type: str, out_type: str, res_type: str = "*fp32") -> dict[str, str]:
+    """Triton signature of :func:`_binary_conv_kernel` for :mod:`.compile_check`."""
+    sig = {"x_ptr": x_type, "w_ptr": w_type, "out_ptr": out_type, "res_ptr": res_type, "params_ptr": "*fp32",
+           "thr_ptr": "*i32"}
+    sig.update(dict.fromkeys(["H", "W", "C", "OH", "OW", "CO", "M", "M_BUCKET", "stride_xpix", "stride_wco",
+                              "stride_wtap", "stride_om", "stride_rm"], "i32"))
+    sig.update(dict.fromkeys(["KH", "KW", "STRIDE", "PAD", "A_MODE", "W_PACKED", "OUT_MODE", "SIGN_FROM_THRESHOLD",
+                              "RELU", "HAS_RESIDUAL", "EVEN_C", "BM", "BN", "BK", "GROUP_M", "INTERPRET"], "constexpr"))
+    return sig
+
+
 def _config(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8) -> triton.Config:
     return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m}, num_warps=warps, num_stages=stages)
 

@@ -131,6 +131,30 @@ def _binary_gemv_popcount_kernel(
                    thr_ptr, OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BN)
 
 
+# ----------------------------------------------------------------------------- compile signatures
+
+
+def mma_signature(a_type: str, w_type: str, out_type: str, res_type: str = "*fp32") -> dict[str, str]:
+    """Triton signature of :func:`_binary_gemm_mma_kernel` for :mod:`.compile_check`
+    (types such as ``"*i8"``, ``"*i32"``, ``"*fp16"``); every constexpr is listed as such."""
+    sig = {"a_ptr": a_type, "w_ptr": w_type, "out_ptr": out_type, "res_ptr": res_type, "params_ptr": "*fp32",
+           "thr_ptr": "*i32"}
+    sig.update(dict.fromkeys(["M", "N", "K", "M_BUCKET", "stride_am", "stride_wn", "stride_om", "stride_rm"], "i32"))
+    sig.update(dict.fromkeys(["A_MODE", "W_PACKED", "OUT_MODE", "SIGN_FROM_THRESHOLD", "RELU", "HAS_RESIDUAL",
+                              "USE_DESC", "EVEN_K", "BM", "BN", "BK", "GROUP_M", "INTERPRET"], "constexpr"))
+    return sig
+
+
+def gemv_signature(out_type: str, res_type: str = "*fp32") -> dict[str, str]:
+    """Triton signature of :func:`_binary_gemv_popcount_kernel` (see :func:`mma_signature`)."""
+    sig = {"a_ptr": "*i32", "w_ptr": "*i32", "out_ptr": out_type, "res_ptr": res_type, "params_ptr": "*fp32",
+           "thr_ptr": "*i32"}
+    sig.update(dict.fromkeys(["M", "N", "K", "stride_am", "stride_wn", "stride_om", "stride_rm"], "i32"))
+    sig.update(dict.fromkeys(["OUT_MODE", "SIGN_FROM_THRESHOLD", "RELU", "HAS_RESIDUAL", "BM", "BN", "BKW",
+                              "INTERPRET"], "constexpr"))
+    return sig
+
+
 # ----------------------------------------------------------------------------- configs
 
 def _mma_config(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8) -> triton.Config:
