@@ -43,7 +43,7 @@ def _binary_conv_kernel(
     stride_xpix, stride_wco, stride_wtap, stride_om, stride_rm,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
     A_MODE: tl.constexpr, W_PACKED: tl.constexpr, OUT_MODE: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr,
-    RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EVEN_C: tl.constexpr,
+    RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EVEN_C: tl.constexpr, WIDE_OFFSETS: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -62,7 +62,7 @@ def _binary_conv_kernel(
     ih0 = (rest // OW) * STRIDE - PAD
     iw0 = (rest % OW) * STRIDE - PAD
     offs_n = pid_n * BN + tl.arange(0, BN)
-    w_cols = tl.where(offs_n < CO, offs_n, 0).to(tl.int64) * stride_wco  # [BN]; channels past CO are never stored
+    w_cols = tl.where(offs_n < CO, offs_n, 0) * stride_wco  # [BN]; channels past CO are never stored
 
     if A_MODE == 3:
         DOT_DTYPE: tl.constexpr = x_ptr.dtype.element_ty
@@ -80,7 +80,10 @@ def _binary_conv_kernel(
         ih = ih0 + kh
         iw = iw0 + kw
         ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # [BM]; padding taps read as 0
-        pix = ((img * H + ih) * W + iw).to(tl.int64) * stride_xpix
+        pix = (img * H + ih) * W + iw
+        if WIDE_OFFSETS:  # int32 offsets (half the registers) unless the input has 2**31+ elements
+            pix = pix.to(tl.int64)
+        pix = pix * stride_xpix
         a = masked_activation(x_ptr, pix, ok, c0, C, A_MODE, not EVEN_C, BM, BK)
         w = masked_weight(w_ptr, w_cols + tap * stride_wtap, c0, C, W_PACKED, not EVEN_C, BN, BK, DOT_DTYPE)
         acc = dot_pm1(a, w, acc, A_MODE == 3, INTERPRET)
@@ -96,7 +99,7 @@ def conv_signature(x_type: str, w_type: str, out_type: str, res_type: str = "*fp
     sig.update(dict.fromkeys(["H", "W", "C", "OH", "OW", "CO", "M", "M_BUCKET", "stride_xpix", "stride_wco",
                               "stride_wtap", "stride_om", "stride_rm"], "i32"))
     sig.update(dict.fromkeys(["KH", "KW", "STRIDE", "PAD", "A_MODE", "W_PACKED", "OUT_MODE", "SIGN_FROM_THRESHOLD",
-                              "RELU", "HAS_RESIDUAL", "EVEN_C", "BM", "BN", "BK", "GROUP_M", "INTERPRET"], "constexpr"))
+                              "RELU", "HAS_RESIDUAL", "EVEN_C", "WIDE_OFFSETS", "BM", "BN", "BK", "GROUP_M", "INTERPRET"], "constexpr"))
     return sig
 
 
@@ -104,20 +107,24 @@ def _config(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8
     return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m}, num_warps=warps, num_stages=stages)
 
 
-# No spills on sm_80 / sm_90 (tests/kernels/test_binary_conv.py compiles each of them).
+# Compiled for sm_80 and sm_90 with every activation mode, weight format and epilogue without
+# a register spill (tests/kernels/test_kernel_compile.py, BNNKIT_COMPILE_SWEEP=1). The gathered
+# activation rows (per-tap masks and offsets) cost registers, so BK stays at 32 channels;
+# BK = 64 and 128x64 tiles spilled.
 CONV_INT8_CONFIGS = [
-    _config(128, 128, 64, 8, 4),
-    _config(128, 64, 64, 4, 4),
-    _config(64, 64, 64, 4, 4),
     _config(128, 128, 32, 8, 4),
+    _config(64, 128, 32, 4, 4),
     _config(64, 64, 32, 4, 4),
 ]
-CONV_REAL_CONFIGS = [
-    _config(128, 128, 32, 8, 4),
-    _config(128, 64, 32, 4, 4),
-    _config(64, 64, 32, 4, 4),
-]
-INTERPRET_CONV_CONFIG = {"BM": 32, "BN": 32, "BK": 32, "GROUP_M": 2}
+CONV_REAL_CONFIGS = list(CONV_INT8_CONFIGS)
+
+
+def conv_config_lists(arch: int) -> dict[bool, list[triton.Config]]:
+    """``{real activations?: configs}`` used on compute capability ``arch`` (the same on sm_80 and sm_90)."""
+    return {False: CONV_INT8_CONFIGS, True: CONV_REAL_CONFIGS}
+
+
+INTERPRET_CONV_CONFIG = {"BM": 32, "BN": 128, "BK": 128, "GROUP_M": 2}  # big tiles: fewer interpreted steps
 
 
 def _prune(configs, named_args, **kwargs):
@@ -284,7 +291,10 @@ def binary_conv2d(
             x.shape[-1], weight.stride(0), weight.stride(2), out2.stride(0), res_stride)
     consts = dict(KH=kh, KW=kw, STRIDE=stride, PAD=padding, A_MODE=int(mode), W_PACKED=weight.dtype == torch.int32,
                   OUT_MODE=kind.code, SIGN_FROM_THRESHOLD=threshold is not None,
-                  RELU=bool(epilogue and epilogue.relu), HAS_RESIDUAL=res2 is not None, INTERPRET=interpreting())
+                  RELU=bool(epilogue and epilogue.relu), HAS_RESIDUAL=res2 is not None, INTERPRET=interpreting(),
+                  WIDE_OFFSETS=x.numel() >= 2**31)
+    if weight.numel() >= 2**31:
+        raise ValueError(f"conv weight with {weight.numel()} elements is larger than the kernel's int32 offsets")
     tuned = _conv_real_tuned if mode == ActivationMode.REAL else _conv_int8_tuned
     if interpreting() or not autotune_enabled():
         if interpreting():

@@ -161,32 +161,34 @@ def _mma_config(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int
     return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m}, num_warps=warps, num_stages=stages)
 
 
-# Tile configs per operand class and load path. None of them spills on sm_80 / sm_90 in the
-# compile tests (tests/kernels/test_binary_gemm.py), which is how they were chosen:
-# - TMA descriptors (sm_90+): 8-bit tiles with BK = 128 (a TMA box row needs >= 16 bytes, i.e.
-#   4 packed words); M tiles of 64/128 with 4/8 warps become wgmma (IGMMA / HGMMA).
-# - pointer loads (sm_80, or rows not 16-byte aligned): BK <= 64 keeps the unpacked tiles small.
-# 128x256 tiles only without a float epilogue or residual (those spill at that size).
-MMA_INT8_DESC_CONFIGS = [
-    _mma_config(128, 128, 128, 8, 4),
-    _mma_config(128, 256, 128, 8, 3),
-    _mma_config(128, 64, 128, 4, 4),
-    _mma_config(64, 64, 128, 4, 4),
-]
-MMA_INT8_POINTER_CONFIGS = [
-    _mma_config(128, 128, 64, 8, 4),
-    _mma_config(128, 128, 32, 8, 4),
-    _mma_config(64, 64, 64, 4, 4),
-]
-MMA_REAL_DESC_CONFIGS = [
-    _mma_config(128, 128, 64, 8, 4),
-    _mma_config(128, 64, 64, 4, 4),
-    _mma_config(64, 64, 64, 4, 4),
-]
-MMA_REAL_POINTER_CONFIGS = [
-    _mma_config(128, 128, 32, 8, 4),
-    _mma_config(64, 64, 32, 4, 4),
-]
+# Tile configs per (real activations?, TMA descriptors?) and architecture. Each was compiled
+# for its architecture with every activation mode, weight format and epilogue without a
+# register spill (tests/kernels/test_kernel_compile.py, BNNKIT_COMPILE_SWEEP=1), which is how
+# they were chosen:
+# - TMA descriptors (sm_90+): BK = 128 (a TMA box row needs >= 16 bytes, i.e. 4 packed words);
+#   M tiles of 64/128 with 4/8 warps become wgmma (IGMMA / HGMMA). 128x256 tiles only without
+#   a float epilogue or residual (see _prune_mma).
+# - pointer loads (sm_80, or rows not 16-byte aligned on sm_90): BK <= 64, smaller tiles on
+#   sm_90, where wgmma keeps the whole accumulator in registers.
+MMA_CONFIGS_SM90 = {
+    (False, True): [_mma_config(128, 128, 128, 8, 4), _mma_config(128, 256, 128, 8, 3),
+                    _mma_config(128, 64, 128, 4, 4), _mma_config(64, 64, 128, 4, 4)],
+    (True, True): [_mma_config(128, 128, 128, 8, 3), _mma_config(128, 64, 128, 4, 3), _mma_config(64, 64, 128, 4, 3)],
+    (False, False): [_mma_config(128, 64, 32, 4, 4), _mma_config(64, 64, 32, 4, 4)],
+    (True, False): [_mma_config(128, 64, 32, 4, 4), _mma_config(64, 64, 32, 4, 4)],
+}
+MMA_CONFIGS_SM80 = {
+    (False, False): [_mma_config(128, 128, 32, 8, 4), _mma_config(64, 128, 32, 4, 4), _mma_config(64, 64, 64, 4, 4),
+                     _mma_config(64, 64, 32, 4, 4)],
+    (True, False): [_mma_config(128, 128, 32, 8, 4), _mma_config(64, 128, 32, 4, 4), _mma_config(64, 64, 32, 4, 4)],
+}
+
+
+def mma_config_lists(arch: int) -> dict[tuple[bool, bool], list[triton.Config]]:
+    """``{(real activations?, TMA descriptors?): configs}`` used on compute capability ``arch`` (80, 90, ...)."""
+    return MMA_CONFIGS_SM90 if arch >= 90 else MMA_CONFIGS_SM80
+
+
 GEMV_CONFIGS = [  # (BN, BKW, warps); BM is the padded row count
     triton.Config({"BN": 64, "BKW": 32}, num_warps=4, num_stages=3),
     triton.Config({"BN": 32, "BKW": 64}, num_warps=4, num_stages=3),
@@ -221,13 +223,10 @@ def _tuned_mma(configs: list[triton.Config]):
         _even_k(_binary_gemm_mma_kernel))
 
 
-# (real activations?, TMA descriptors?) -> autotuned kernel
-_MMA_TUNED = {
-    (False, True): _tuned_mma(MMA_INT8_DESC_CONFIGS),
-    (False, False): _tuned_mma(MMA_INT8_POINTER_CONFIGS),
-    (True, True): _tuned_mma(MMA_REAL_DESC_CONFIGS),
-    (True, False): _tuned_mma(MMA_REAL_POINTER_CONFIGS),
-}
+# (sm_90+?, real activations?, TMA descriptors?) -> autotuned kernel
+_MMA_TUNED = {(hopper, *key): _tuned_mma(configs) for hopper, lists in ((True, MMA_CONFIGS_SM90),
+                                                                          (False, MMA_CONFIGS_SM80))
+              for key, configs in lists.items()}
 _gemv_tuned = triton.autotune(GEMV_CONFIGS, key=["BM", "N", "K", "OUT_MODE"],
                               prune_configs_by={"early_config_prune": _prune_gemv})(_binary_gemv_popcount_kernel)
 
@@ -397,7 +396,10 @@ def binary_gemm(
             out2.stride(0), res_stride)
     consts = dict(A_MODE=int(mode), W_PACKED=weight.dtype == torch.int32, **flags, USE_DESC=bool(use_descriptors),
                   INTERPRET=interpreting())
-    tuned = _MMA_TUNED[(mode == ActivationMode.REAL, bool(use_descriptors))]
+    hopper = is_hopper_or_newer(x.device)
+    if use_descriptors and not hopper and not interpreting():
+        raise ValueError("TMA descriptors are used on sm_90+ only")
+    tuned = _MMA_TUNED[(hopper or interpreting(), mode == ActivationMode.REAL, bool(use_descriptors))]
     if interpreting() or not autotune_enabled():
         if interpreting():
             cfg, launch = dict(INTERPRET_MMA_CONFIG), {}

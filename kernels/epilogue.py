@@ -216,20 +216,34 @@ def store_epilogue(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm
     ``n0 .. n0 + BN`` and store it. ``stride_om`` counts elements of ``out`` (words for PACKED);
     ``n0`` is a multiple of ``BN``, which is a multiple of 32 for PACKED.
 
-    Tiles of 64+ channels are processed in two halves, which halves the registers the float
-    epilogue and the residual tile need on top of the accumulator.
+    Tiles of 64 channels are processed in halves, wider ones in quarters: the float epilogue
+    and the residual tile then need a fraction of the registers on top of the accumulator
+    (without this, conv tiles of 128x128 spill on sm_90).
     """
     BM: tl.constexpr = acc.shape[0]
-    if BN >= 64:
-        halves = tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1))
-        left, right = tl.split(halves)
-        _store_epilogue_part(left, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                             OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
-        _store_epilogue_part(right, offs_m, n0 + BN // 2, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr,
-                             thr_ptr, OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
+    if BN >= 128:
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
+        _store_epilogue_halves(left, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
+                               OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
+        _store_epilogue_halves(right, offs_m, n0 + BN // 2, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr,
+                               thr_ptr, OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
+    elif BN >= 64:
+        _store_epilogue_halves(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
+                               OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN)
     else:
         _store_epilogue_part(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
                              OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN)
+
+
+@triton.jit
+def _store_epilogue_halves(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
+                           OUT_MODE: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr, RELU: tl.constexpr,
+                           HAS_RESIDUAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
+    _store_epilogue_part(left, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
+                         OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
+    _store_epilogue_part(right, offs_m, n0 + BN // 2, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr,
+                         thr_ptr, OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
 
 
 @triton.jit

@@ -77,7 +77,13 @@ def check_residual(residual: torch.Tensor | None, shape: tuple[int, ...], device
 
 def prepare_out(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
                 device: torch.device) -> torch.Tensor:
-    """``out`` checked (contiguous, shape, dtype, device), or a new tensor."""
+    """``out`` checked (contiguous, shape, dtype, device), or a new tensor. The epilogue
+    addresses outputs with int32 offsets, so an output has fewer than 2**31 elements."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel >= 2**31:
+        raise ValueError(f"output of shape {shape} has 2**31 or more elements; split the batch")
     if out is None:
         return torch.empty(shape, dtype=dtype, device=device)
     if tuple(out.shape) != shape or out.dtype != dtype or not out.is_contiguous() or out.device != device:
