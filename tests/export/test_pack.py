@@ -97,8 +97,13 @@ def test_packed_matches_trained_cuda(name):
     model, x, shape = zoo_case(name, seed=2)
     packed = pack(model).cuda()
     model = model.cuda()
-    with torch.no_grad():
-        assert_matches(packed(x.cuda()).cpu(), model(x.cuda()).cpu(), f"{name} (CUDA kernels)")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the trained model in real fp32 (TF32 rounds alpha)
+    try:
+        with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            assert_matches(packed(x.cuda()).cpu(), model(x.cuda()).cpu(), f"{name} (CUDA kernels)")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 @pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn", "resnet20"])
