@@ -149,6 +149,9 @@ def test_model_outside_the_zoo_loads_in_a_fresh_process(tmp_path):
     x = torch.randn(3, 3, 9, 9)
     with torch.no_grad():
         want = packed(x)
+        trained = model(x)
+    assert torch.equal(want.argmax(1), trained.argmax(1))
+    assert (want - trained).abs().max() <= 1e-4 * trained.abs().max()
     save_file({"x": x, "y": want}, tmp_path / "io.safetensors")
     script = (
         "import sys, torch, bnnkit.export\n"
