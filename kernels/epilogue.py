@@ -216,12 +216,15 @@ def store_epilogue(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm
     ``n0 .. n0 + BN`` and store it. ``stride_om`` counts elements of ``out`` (words for PACKED);
     ``n0`` is a multiple of ``BN``, which is a multiple of 32 for PACKED.
 
-    Tiles of 64 channels are processed in halves, wider ones in quarters: the float epilogue
-    and the residual tile then need a fraction of the registers on top of the accumulator
-    (without this, conv tiles of 128x128 spill on sm_90).
+    With a float epilogue, tiles of 64 channels are processed in halves, wider ones in
+    quarters: the float temporaries and the residual tile then need a fraction of the
+    registers on top of the accumulator (without this, conv tiles of 128x128 spill on sm_90).
     """
     BM: tl.constexpr = acc.shape[0]
-    if BN >= 128:
+    if OUT_MODE == 0 or SIGN_FROM_THRESHOLD:  # no float temporaries: splitting would only add shuffles
+        _store_epilogue_part(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
+                             OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN)
+    elif BN >= 128:
         left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
         _store_epilogue_halves(left, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
                                OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)

@@ -123,8 +123,12 @@ def _sweep_requests():
 
 @pytest.mark.skipif(os.environ.get("BNNKIT_COMPILE_SWEEP", "0") in ("", "0"), reason="set BNNKIT_COMPILE_SWEEP=1")
 def test_every_config_compiles_without_spills():
-    reports = compile_many(_sweep_requests())
-    spilled = [r.summary() for r in reports if r.spill_bytes]
-    for r in reports:
-        print(r.summary())
+    requests = _sweep_requests()
+    reports = compile_many(requests)
+    keys = ("A_MODE", "W_PACKED", "OUT_MODE", "HAS_RESIDUAL", "BM", "BN", "BK")
+    lines = [f"{ {k: q.constexprs[k] for k in keys} } stages={q.num_stages}: {r.summary()}"
+             for q, r in zip(requests, reports)]
+    for line in lines:
+        print(line)
+    spilled = [line for line, r in zip(lines, reports) if r.spill_bytes]
     assert not spilled, "\n".join(spilled)
