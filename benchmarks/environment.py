@@ -115,4 +115,6 @@ def run_metadata(device: torch.device, quick: bool) -> dict:
     }
     if device.type == "cpu":
         meta["cpu_threads"] = torch.get_num_threads()
+    if hasattr(os, "getloadavg"):  # CPU figures from a busy host are slower: say how busy it was
+        meta["load_avg"] = round(os.getloadavg()[0], 2)
     return meta

@@ -86,6 +86,7 @@ except Exception as e:
 sys.exit(4 if sys.argv[1] == "cuda" and not torch.cuda.is_available() else 0)
 PYEOF
 rc=$?
+cat "$OUT/env.txt"
 note "env: $(grep -E '^(gpu|no CUDA|python)' "$OUT/env.txt" | tr '\n' ' ')($(elapsed) s)"
 case $rc in
     0) ;;

@@ -64,6 +64,8 @@ def device_section(doc: dict) -> str:
     commits = sorted({r["commit"][:10] for r in rows})
     versions = ", ".join(f"{lib} {first[lib]}" for lib in ("torch", "triton", "onnxruntime", "cuda") if first.get(lib))
     threads = f", {first['cpu_threads']} threads" if first.get("cpu_threads") else ""
+    if first["device_type"] == "cpu" and first.get("load_avg") is not None:
+        threads += f", load average {first['load_avg']:g} at the start"
     mode = "quick mode" if all(r.get("quick") for r in rows) else ("full mode" if not any(r.get("quick") for r in rows)
                                                                    else "quick and full mode")
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
@@ -76,7 +78,8 @@ def device_section(doc: dict) -> str:
             if r["ceiling"] not in best or value > best[r["ceiling"]]["_value"]:
                 best[r["ceiling"]] = {**r, "_value": value}
     if best:
-        measured = [f"{_num(r['gb_per_s'])} GB/s copy ({r['shape']} {r['dtype']})" if name == "copy" else
+        measured = [f"{_num(r['gb_per_s'])} GB/s copy ({r['shape'].strip('(,)')} {r['dtype']} elements)"
+                    if name == "copy" else
                     f"{_num(r['tops'])} TOPS {name} matmul ({r['shape']})" for name, r in best.items()]
         lines += [f"Ceilings measured in the same run: {'; '.join(measured)}.", ""]
     baselines = baselines_of(rows)

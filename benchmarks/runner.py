@@ -234,12 +234,12 @@ def _run_case(c: Case, ctx: BenchContext, meta: dict, log: Callable[[str], None]
     finally:
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
-    for w in warnings:
-        log(f"warning: {c.suite}/{c.name}: {w}")
-    collisions = sorted({k for r in rows for k in r} & set(meta) - {"suite"})
+    collisions = sorted({k for r in rows for k in r} & (set(meta) | {"suite"}))
     if collisions:
         warnings.append(f"row fields {', '.join(collisions)} are run metadata names; the metadata was kept")
-    rows = [{"suite": c.suite, **r, **meta} for r in rows]
+    for w in warnings:
+        log(f"warning: {c.suite}/{c.name}: {w}")
+    rows = [{**r, "suite": c.suite, **meta} for r in rows]
     return CaseReport(c.name, "ok", "", time.perf_counter() - t0, len(rows), warnings), rows
 
 

@@ -34,8 +34,8 @@ def test_table_names_device_date_commit_and_shows_non_baseline_rows(tmp_path):
     text = readme_table.generate(str(tmp_path))
     assert text.startswith("**NVIDIA H100 80GB HBM3** (cuda), measured 2026-03-01 at commit 0123456789; torch 2.11.0, "
                            "triton 3.6.0, onnxruntime 1.22.0, cuda 12.8; quick mode.")
-    assert ("Ceilings measured in the same run: 3000 GB/s copy ((1,) fp32); 1500 TOPS int8 matmul (8192x8192x8192)."
-            in text)
+    assert ("Ceilings measured in the same run: 3000 GB/s copy (1 fp32 elements); 1500 TOPS int8 matmul "
+            "(8192x8192x8192)." in text)
     table = [line for line in text.splitlines() if line.startswith("| gemm")]
     assert table == ["| gemm | w1a1_square (pass=forward) | 8192x8192x8192 | int8/1bit | bnnkit_int8act | "
                      "0.8 (0.75-0.85) | 1374 TOPS | 91.6% int8 | 1.75x vs cublas_fp16, 0.875x vs int_mm_int8 |"]
@@ -47,3 +47,13 @@ def test_sections_without_rows_and_without_markers(tmp_path):
         readme_table.replace_section("# no markers\n", "x")
     assert readme_table.replace_section("a\n<!-- bench-table -->\nold\n<!-- /bench-table -->\nb\n", "new\n") == \
         "a\n<!-- bench-table -->\nnew\n<!-- /bench-table -->\nb\n"
+
+
+def test_cpu_section_names_threads_and_load(tmp_path):
+    rows = [{**r, "device": "AMD EPYC", "device_type": "cpu", "cpu_threads": 2, "load_avg": 3.5, "quick": False}
+            for r in gpu_rows() if r["suite"] == "ceilings"]
+    write_json(str(tmp_path / "cpu.json"), {"format": recording.RESULTS_FORMAT, "version": 1, "device": "AMD EPYC",
+                                           "rows": rows})
+    text = readme_table.generate(str(tmp_path))
+    assert text.startswith("**AMD EPYC** (cpu, 2 threads, load average 3.5 at the start), measured 2026-03-01")
+    assert "full mode." in text and "No suite besides the ceilings has recorded rows on this device yet." in text

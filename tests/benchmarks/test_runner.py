@@ -40,7 +40,7 @@ def fake_suite():
 
     @case("fake", "sloppy", devices=("cpu",))
     def sloppy(ctx):
-        return [{"case": "sloppy", "impl": "x", "median_ms": math.nan}]
+        return [{"case": "sloppy", "impl": "x", "median_ms": math.nan, "device": "my own idea"}]
 
     yield
     REGISTRY[:] = before
@@ -62,6 +62,7 @@ def test_statuses_reasons_rows_and_metadata(fake_suite):
     assert sloppy.status == "ok"
     assert any("lacks shape, dtype, p20_ms, p80_ms" in w for w in sloppy.warnings)
     assert any("median_ms is nan; recorded as null" in w for w in sloppy.warnings)
+    assert "row fields device are run metadata names; the metadata was kept" in sloppy.warnings
     assert run.failed
 
     mine, base, bad = run.rows
@@ -74,7 +75,7 @@ def test_statuses_reasons_rows_and_metadata(fake_suite):
         assert row["suite"] == "fake" and row["device"] == cpu_name() and row["device_type"] == "cpu"
         assert row["torch"] == torch.__version__ and row["commit"] == commit and row["dirty"] == dirty
         assert row["quick"] is True and row["run_id"] == run.meta["run_id"] and row["date"] == run.meta["date"]
-        assert row["cpu_threads"] == torch.get_num_threads()
+        assert row["cpu_threads"] == torch.get_num_threads() and row["load_avg"] >= 0
     assert mine["pct_of_copy_ceiling"] == 50.0 and mine["bound"] == "copy"
     assert base["pct_of_compute_ceiling"] == 50.0 and base["bound"] == "fp32"
     assert run.ceilings == ROOFS
