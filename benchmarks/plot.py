@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or os.path.join(results_dir, "plots")
     for doc in docs:
-        for path in plot_device(doc, os.path.join(out, device_slug(doc["device"]))):
-            print(path)
+        paths = plot_device(doc, os.path.join(out, device_slug(doc["device"])))
+        print("\n".join(paths) if paths else f"{doc['device']}: nothing to plot (no speedups and no rows besides "
+                                                "the ceilings recorded)")
     return 0
 
 
