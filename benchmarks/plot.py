@@ -89,7 +89,7 @@ def plot_device(doc: dict, out_dir: str) -> list[str]:
         axes[0, 0].set_title(f"{suite}/{case} on {doc['device']}")
         fig.tight_layout()
         path = os.path.join(out_dir, f"speedup-{_file_part(suite)}-{_file_part(case)}.png")
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     bars = ceiling_bars(rows)
@@ -108,7 +108,7 @@ def plot_device(doc: dict, out_dir: str) -> list[str]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = os.path.join(out_dir, "pct-of-ceiling.png")
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written
