@@ -59,6 +59,15 @@ note() { echo "$*" | tee -a "$SUMMARY"; }
         echo "+ $PY -m pip install --no-deps --no-build-isolation -e ."
         $PY -m pip install --no-deps --no-build-isolation -e . 2>&1 | tail -n 5
     fi
+    # An old setuptools (no bdist_wheel) makes the editable install fail; then import the
+    # checkout through a symlink tree that applies the package-dir mapping by hand.
+    if ! $PY -c "import bnnkit.kernels, bnnkit.export, bnnkit.benchmarks" 2>/dev/null; then
+        mkdir -p "$WORK/shim/bnnkit"
+        for f in "$PWD"/bnnkit/*; do ln -s "$f" "$WORK/shim/bnnkit/"; done
+        for d in kernels export benchmarks; do ln -s "$PWD/$d" "$WORK/shim/bnnkit/$d"; done
+        export PYTHONPATH="$WORK/shim${PYTHONPATH:+:$PYTHONPATH}"
+        echo "bnnkit did not import after the install; using the PYTHONPATH shim $WORK/shim"
+    fi
 } > "$OUT/env.txt" 2>&1
 $PY - "$DEVICE" >> "$OUT/env.txt" 2>&1 <<'PYEOF'
 import platform
