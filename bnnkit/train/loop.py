@@ -27,8 +27,8 @@ from bnnkit.nn.layers import binary_layers
 from bnnkit.schedule import OSchedule
 from bnnkit.train import checkpoint as ckpt
 from bnnkit.train import distributed
-from bnnkit.train.distributed import DistributedContext
 from bnnkit.train.config import TrainConfig, lr_at
+from bnnkit.train.distributed import DistributedContext
 from bnnkit.train.indicators import estimating_error, gradient_stability
 
 
