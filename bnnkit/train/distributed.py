@@ -214,8 +214,8 @@ def train_sampler(dataset: Dataset, seed: int, epoch: int, context: DistributedC
     """This process's share of one shuffled epoch.
 
     The permutation is ``torch.randperm(len(dataset))`` from a generator seeded with
-    ``seed + epoch`` (the same on every process; with one process, the order a seeded
-    RandomSampler gives); process r takes positions r, r + N, r + 2N, ... so that step s
+    ``seed + epoch``, the same on every process (one process takes it whole, so single-process
+    runs use this sampler too); process r takes positions r, r + N, r + 2N, ... so that step s
     of all processes together covers positions ``[s * B, (s + 1) * B)`` of the permutation
     for a global batch B.
     """
