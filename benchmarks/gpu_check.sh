@@ -20,7 +20,8 @@
 # Settings (environment): PYTHON (python3), GPU_CHECK_DEVICE (cuda), GPU_CHECK_SUITES
 # (all), GPU_CHECK_TOTAL_S (570: nothing starts after this), GPU_CHECK_TEST_S (60),
 # GPU_CHECK_PYTEST ("-m gpu"; empty skips the tests), GPU_CHECK_INSTALL (1; 0 skips pip),
-# GPU_CHECK_MODE (quick; "full" drops --quick, which needs larger budgets).
+# GPU_CHECK_MODE (quick; "full" drops --quick, which needs larger budgets), GPU_CHECK_SUITE_S
+# (one budget in seconds for every suite instead of the per-suite ones below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 # seconds per suite in quick mode (sum 450): first-call Triton compilation and autotuning included
 budget_of() {
+    if [ -n "${GPU_CHECK_SUITE_S:-}" ]; then echo "$GPU_CHECK_SUITE_S"; return; fi
     case "$1" in
         ceilings) echo 25 ;; quantize) echo 60 ;; train) echo 45 ;; gemm) echo 85 ;;
         conv) echo 85 ;; model) echo 110 ;; onnx) echo 40 ;; *) echo 40 ;;

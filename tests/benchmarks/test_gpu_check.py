@@ -18,7 +18,8 @@ def test_a_failing_suite_does_not_stop_the_others_and_out_stays_small(tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(OUT=str(out), PYTHON=sys.executable, GPU_CHECK_DEVICE="cpu", GPU_CHECK_INSTALL="0",
-               GPU_CHECK_PYTEST="", GPU_CHECK_SUITES="no_such_suite ceilings")
+               GPU_CHECK_PYTEST="", GPU_CHECK_SUITES="no_such_suite ceilings",
+               GPU_CHECK_SUITE_S="240", GPU_CHECK_TOTAL_S="600")  # plumbing, not speed: generous budgets
     proc = subprocess.run(["bash", SCRIPT], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = sorted(os.listdir(out))
