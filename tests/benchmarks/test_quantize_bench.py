@@ -1,0 +1,38 @@
+"""The quantize benchmark suite: its baseline computes ReSTE, and its CPU case yields complete rows."""
+
+import torch
+
+from bnnkit.benchmarks import quantize
+from bnnkit.benchmarks.reference_style import reference_style_reste
+from bnnkit.benchmarks.registry import REGISTRY, BenchContext
+from bnnkit.kernels.sign_grad import EstimatorKind, sign_grad_reference
+
+
+def test_reference_style_baseline_is_reste():
+    """Away from 0 (where torch.sign differs on purpose) the baseline's gradient is bnnkit's ReSTE."""
+    torch.manual_seed(0)
+    x = torch.randn(4096, dtype=torch.float64)
+    x = x[x != 0].requires_grad_(True)
+    grad = torch.randn_like(x)
+    y = reference_style_reste(x, o=2.5, t=1.5)
+    (got,) = torch.autograd.grad(y, x, grad)
+    assert torch.equal(y, torch.where(x >= 0, 1.0, -1.0).to(x.dtype))
+    want = sign_grad_reference(x.detach(), grad, EstimatorKind.RESTE, 2.5, 1.5)
+    # the baseline holds o and t as float32 tensors, as the paper's code does: float32-level agreement
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_quantize_cases_registered_and_cpu_rows_complete():
+    names = {(c.suite, c.name): c for c in REGISTRY}
+    assert ("quantize", "reste_fwd_bwd") in names and names["quantize", "reste_fwd_bwd"].devices == ("cuda",)
+    cpu_case = names["quantize", "reste_fwd_bwd_cpu"]
+    rows = cpu_case.fn(BenchContext(device=torch.device("cpu"), quick=True))
+    impls = {(r["impl"], r["pass"]) for r in rows}
+    assert impls == {("copy", "copy")} | {(i, p) for i in ("torch", "reference_style")
+                                         for p in quantize.PASS_ELEMENT_TRANSFERS}
+    for row in rows:
+        assert row["median_ms"] > 0 and row["gb_per_s"] > 0 and row["pct_of_copy"] > 0
+        assert {"case", "shape", "dtype", "p20_ms", "p80_ms"} <= row.keys()
+        if row["impl"] != "copy":
+            assert row["speedup_vs_reference_style"] > 0
+    assert all(r["speedup_vs_reference_style"] == 1.0 for r in rows if r["impl"] == "reference_style")
