@@ -71,8 +71,8 @@ def estimator_slope_reference(x: torch.Tensor, kind: int, o: float = 1.0, t: flo
     if kind == EstimatorKind.APPROX_SIGN:
         return torch.where(a <= 1.0, 2.0 - 2.0 * a, zero)
     rectified = RESTE_M ** (1.0 / o) / RESTE_M
-    power = (1.0 / o) * a.pow((1.0 - o) / o)
-    return torch.where(a <= RESTE_M, rectified, torch.where(a <= t, power, zero))
+    power = a.pow((1.0 - o) / o).mul_(1.0 / o)  # inf at 0 for o > 1: replaced by the rectified value
+    return torch.where(a <= t, torch.where(a <= RESTE_M, rectified, power), zero)
 
 
 def sign_grad_reference(
@@ -138,7 +138,7 @@ def estimator_slope(x, rectified, coef, exponent, t, m, KIND: tl.constexpr, INTE
         else:
             log2_a = tl.extra.cuda.libdevice.fast_log2f(a_in)
         power = coef * tl.exp2(exponent * log2_a)
-        g = tl.where(a <= m, rectified, tl.where(a <= t, power, 0.0))
+        g = tl.where(a <= t, tl.where(a <= m, rectified, power), 0.0)  # the reference's order (matters if t < m)
     return g
 
 

@@ -66,10 +66,9 @@ def weight_scale_reference(w: torch.Tensor, scale: str) -> torch.Tensor | None:
 def scaled_binarize_forward_reference(w: torch.Tensor, scale: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(alpha * binarize(w), alpha)``; the first in ``w``'s dtype, alpha as :func:`weight_scale_reference`."""
     alpha = weight_scale_reference(w, scale)
-    b = binarize_reference(w)
     if alpha is None:
-        return b, None
-    return (b.to(alpha.dtype) * alpha).to(w.dtype), alpha
+        return binarize_reference(w), None
+    return torch.where(w >= 0, alpha, -alpha).to(w.dtype), alpha
 
 
 def scaled_binarize_backward_reference(
@@ -82,14 +81,13 @@ def scaled_binarize_backward_reference(
     if alpha is None:
         return (g * go).to(w.dtype)
     wc = w.to(g.dtype)
-    b = binarize_reference(wc)
     dims = _reduce_dims(w, scale)
     n = 1
     for d in dims:
         n *= w.shape[d]
-    through_alpha = (go * b).sum(dim=dims, keepdim=True) / n
+    through_alpha = torch.where(wc >= 0, go, -go).sum(dim=dims, keepdim=True) / n  # sum(grad * binarize(w)) / n
     # d|w|/dw as autograd defines it for abs (0 at 0): a derivative, not a binarization.
-    return (alpha * g * go + torch.sgn(wc) * through_alpha).to(w.dtype)
+    return torch.addcmul(torch.sgn(wc) * through_alpha, g.mul_(alpha), go).to(w.dtype)
 
 
 GROUP_BLOCK = 1024

@@ -1,0 +1,144 @@
+"""Files bnnkit writes: safetensors for tensors, JSON for everything else. No pickles.
+
+Every write goes to a temporary name in the destination directory and is renamed into
+place (``os.replace``, atomic on POSIX), so an interrupted or failed write leaves either the
+old file or nothing, never half a file. :func:`write_artifact` / :func:`read_artifact`
+pair a tensor file with a versioned manifest that records the file's sha256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+class ArtifactError(ValueError):
+    """A file bnnkit reads is missing, corrupt, of the wrong version or inconsistent."""
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str) -> Iterator[str]:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    with _atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+
+
+def read_json(path: str, what: str = "file") -> Any:
+    if not os.path.isfile(path):
+        raise ArtifactError(f"{what} {path!r} does not exist")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{what} {path!r} is not valid JSON: {e}") from None
+
+
+def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (contiguous CPU copies are made) to a safetensors file atomically."""
+    from safetensors.torch import save_file
+
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with _atomic_path(path) as tmp:
+        save_file(plain, tmp, metadata=metadata)
+
+
+def read_tensors(path: str, what: str = "tensor file") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, on CPU; a missing or corrupt file raises :class:`ArtifactError`."""
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise ArtifactError(f"{what} {path!r} does not exist")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers and data
+        raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: {e}") from None
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_artifact(directory: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], *,
+                   kind: str, version: int, tensor_file: str = "model.safetensors",
+                   manifest_file: str = "manifest.json", overwrite: bool = False) -> None:
+    """Write a directory artifact: ``tensor_file`` + ``manifest_file`` (JSON with ``kind``,
+    ``format_version``, ``bnnkit_version``, the tensor file's ``sha256`` and ``manifest``'s
+    fields). The directory is built under a temporary name and renamed into place; an existing
+    ``directory`` is replaced only with ``overwrite=True``."""
+    from bnnkit.version import __version__
+
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and not overwrite:
+        raise FileExistsError(f"{directory!r} already exists; pass overwrite=True (--overwrite) to replace it")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+    try:
+        write_tensors(os.path.join(staging, tensor_file), tensors)
+        header = {"kind": kind, "format_version": version, "bnnkit_version": __version__,
+                  "tensor_file": tensor_file, "sha256": sha256_file(os.path.join(staging, tensor_file))}
+        write_json(os.path.join(staging, manifest_file), {**header, **manifest})
+        if os.path.exists(directory):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old.", dir=parent)
+            os.rmdir(old)
+            os.replace(directory, old)
+            os.replace(staging, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_artifact(directory: str, *, kind: str, versions: tuple[int, ...],
+                  manifest_file: str = "manifest.json") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and check an artifact written by :func:`write_artifact`: ``(manifest, tensors)``.
+
+    Raises :class:`ArtifactError` naming the problem: not a directory, missing manifest, wrong
+    kind, unsupported format version, missing tensor file or sha256 mismatch.
+    """
+    if not os.path.isdir(directory):
+        raise ArtifactError(f"artifact directory {directory!r} does not exist")
+    manifest = read_json(os.path.join(directory, manifest_file), "manifest")
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
+        raise ArtifactError(f"{directory!r} is not a {kind} artifact (manifest kind: "
+                            f"{manifest.get('kind') if isinstance(manifest, dict) else None!r})")
+    if manifest.get("format_version") not in versions:
+        raise ArtifactError(f"{directory!r} has {kind} format version {manifest.get('format_version')!r}; "
+                            f"this bnnkit reads versions {', '.join(map(str, versions))}")
+    tensor_path = os.path.join(directory, manifest.get("tensor_file", "model.safetensors"))
+    if not os.path.isfile(tensor_path):
+        raise ArtifactError(f"tensor file {tensor_path!r} named by the manifest is missing")
+    digest = sha256_file(tensor_path)
+    if digest != manifest.get("sha256"):
+        raise ArtifactError(f"checksum mismatch for {tensor_path!r}: manifest says {manifest.get('sha256')}, "
+                            f"file has {digest}; the artifact is corrupt or was modified")
+    return manifest, read_tensors(tensor_path)

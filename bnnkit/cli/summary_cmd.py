@@ -1,0 +1,53 @@
+"""``bnnkit summary``: per-layer precision, parameters, packed memory and MACs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from bnnkit.models import list_models
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "summary", help="per-layer table of a model: bits, parameters, packed memory, MACs",
+        description="Print a per-layer table of a zoo model or a trained run: input and weight bits, parameters, "
+                    "packed memory (1 bit per binary weight, 32 bits per other parameter), multiply-accumulates, "
+                    "and totals with the fp32-equivalent size and the compression ratio.",
+    )
+    p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR", help="a training run directory")
+    p.add_argument("--model", default=None, choices=list_models(), metavar="NAME",
+                   help=f"a zoo model instead of a run ({', '.join(list_models())})")
+    p.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
+                   help="input shape without batch, e.g. 3 224 224 (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bnnkit import models
+    from bnnkit.summary import summarize
+    from bnnkit.train import load_run
+
+    if (args.run_dir is None) == (args.model is None):
+        raise ValueError("give either a run directory or --model NAME")
+    if args.run_dir is not None:
+        if not os.path.isdir(args.run_dir):
+            raise FileNotFoundError(f"run directory {args.run_dir!r} does not exist")
+        model, config = load_run(args.run_dir)
+        shape = tuple(config["input_shape"])
+        title = f"{config['model']} from {args.run_dir}"
+    else:
+        model = models.create(args.model)
+        shape = models.model_info(args.model).input_shape
+        title = args.model
+    if args.input_shape:
+        shape = tuple(args.input_shape)
+    summary = summarize(model, shape)
+    if args.json:
+        print(json.dumps({"model": title, **summary.to_json()}, indent=2))
+    else:
+        print(title)
+        print(summary.to_text())
+    return 0

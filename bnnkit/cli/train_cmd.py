@@ -1,0 +1,107 @@
+"""``bnnkit train``: train a zoo model with the ReSTE recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bnnkit.data import DATASETS
+from bnnkit.estimators import list_estimators
+from bnnkit.kernels.weight_binarize import SCALE_MODES
+from bnnkit.models import list_models
+from bnnkit.train.config import DATASET_DEFAULTS, TrainConfig
+
+
+def _defaults_text() -> str:
+    return "; ".join(f"{name}: {d.epochs} epochs, batch {d.batch_size}, warm-up {d.warmup_epochs}"
+                     for name, d in DATASET_DEFAULTS.items())
+
+
+def _model_arg(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model with ReSTE",
+        description="Train a zoo model with the ReSTE recipe of the paper (SGD with momentum, cosine learning "
+                    "rate with optional linear warm-up, cosine o schedule). Writes DIR/metrics.jsonl, "
+                    "DIR/model.safetensors (best test accuracy), DIR/config.json and a checkpoint for --resume. "
+                    f"Per-dataset defaults: {_defaults_text()}.",
+    )
+    p.add_argument("--model", default=None, choices=list_models(), metavar="NAME",
+                   help=f"zoo model ({', '.join(list_models())}); default digits_mlp")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="dataset; default: the model's own (digits for digits_*, cifar10 for the CIFAR models, "
+                        "imagefolder for resnet18/34)")
+    p.add_argument("--data-dir", default=None, metavar="D", help="directory of cifar10 / imagefolder data")
+    p.add_argument("--download", action="store_true", default=None, help="download CIFAR-10 into --data-dir")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: per dataset)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: per dataset)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of SGD (default 0.1)")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay on all parameters (default 1e-4)")
+    p.add_argument("--warmup-epochs", type=int, default=None,
+                   help="linear warm-up epochs before cosine annealing (default: 5 for cifar10, else 0)")
+    p.add_argument("--o-end", type=float, default=None,
+                   help="final o of ReSTE's cosine o schedule, from 1 at epoch 0 (default 3)")
+    p.add_argument("--t", type=float, default=None, help="ReSTE clipping threshold t > 0.1 (default 1.5)")
+    p.add_argument("--estimator", default=None, choices=list_estimators(),
+                   help="straight-through estimator of weights and activations (default reste)")
+    p.add_argument("--scale", default=None, choices=SCALE_MODES,
+                   help="weight scale: mean |w| per tensor (reference), per channel, or none (default tensor)")
+    p.add_argument("--a32", action="store_true", default=None,
+                   help="keep activations real-valued (1-bit weights, 32-bit activations)")
+    p.add_argument("--model-arg", action="append", type=_model_arg, default=None, metavar="KEY=VALUE",
+                   help="extra model constructor argument, e.g. hidden=256 (repeatable; VALUE parsed as JSON)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--workers", type=int, default=None, help="data loader worker processes (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out after its last finished epoch (same options)")
+    p.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from the options given explicitly on the command line over ``base``."""
+    cfg = base.to_json() if base is not None else TrainConfig(out=args.out).to_json()
+    cfg["out"] = args.out
+    names = {"model": "model", "dataset": "dataset", "data_dir": "data_dir", "download": "download",
+             "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
+             "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "o_end": "o_end", "t": "t",
+             "seed": "seed", "device": "device", "workers": "workers"}
+    for arg, field in names.items():
+        value = getattr(args, arg)
+        if value is not None:
+            cfg[field] = value
+    model_kwargs = dict(cfg["model_kwargs"])
+    for key, field in (("estimator", "estimator"), ("scale", "scale"), ("a32", "a32")):
+        if getattr(args, key) is not None:
+            model_kwargs[field] = getattr(args, key)
+    for key, value in args.model_arg or []:
+        model_kwargs[key] = value
+    cfg["model_kwargs"] = model_kwargs
+    cfg["progress"] = not args.no_progress
+    return TrainConfig.from_json(cfg)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bnnkit.train import train
+
+    base = None
+    if args.resume:
+        from bnnkit.artifacts import read_json
+
+        base = TrainConfig.from_json(read_json(f"{args.out}/config.json", "run config")["train"])
+    result = train(config_from_args(args, base), resume=args.resume)
+    print(f"best test accuracy {result.best_test_acc:.4f} (epoch {result.best_epoch + 1}); "
+          f"model: {result.run_dir}/model.safetensors, metrics: {result.run_dir}/metrics.jsonl")
+    return 0

@@ -1,0 +1,58 @@
+"""The model zoo registry: names -> constructors, with the input each model expects."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """A zoo entry: constructor, input shape ``(C, H, W)`` without batch, class count, dataset."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    dataset: str
+    description: str
+
+
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, input_shape: tuple[int, ...], num_classes: int, dataset: str, description: str):
+    """Decorator adding a constructor to the zoo under ``name``."""
+
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = ModelInfo(name, builder, tuple(input_shape), num_classes, dataset, description)
+        return builder
+
+    return add
+
+
+def list_models() -> list[str]:
+    """Names of the zoo's models."""
+    return sorted(_MODELS)
+
+
+def model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of ``name``; unknown names raise, listing the known ones."""
+    try:
+        return _MODELS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}") from None
+
+
+def create(name: str, **kwargs) -> nn.Module:
+    """Build zoo model ``name``; ``kwargs`` go to its constructor (e.g. ``num_classes``,
+    ``a32=True`` for real-valued activations, ``estimator``, ``scale``)."""
+    info = model_info(name)
+    try:
+        return info.builder(**kwargs)
+    except TypeError as e:
+        raise TypeError(f"bad arguments for model {name!r}: {e}") from None

@@ -1,0 +1,103 @@
+"""Training configuration and the paper's recipe as per-dataset defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+RUN_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetDefaults:
+    epochs: int
+    batch_size: int
+    warmup_epochs: int
+
+
+# The paper's recipe: CIFAR-10 1000 epochs, batch 256, 5 warm-up epochs; ImageNet 250 epochs,
+# batch 750. Digits: sized to finish in about a minute on 2 CPU cores; synthetic: smoke runs.
+DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
+    "digits": DatasetDefaults(epochs=40, batch_size=16, warmup_epochs=0),
+    "cifar10": DatasetDefaults(epochs=1000, batch_size=256, warmup_epochs=5),
+    "imagefolder": DatasetDefaults(epochs=250, batch_size=750, warmup_epochs=0),
+    "synthetic": DatasetDefaults(epochs=3, batch_size=64, warmup_epochs=0),
+}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as the run's config.json.
+
+    ``epochs``, ``batch_size`` and ``warmup_epochs`` left as ``None`` take the dataset's
+    defaults (:data:`DATASET_DEFAULTS`); ``dataset=None`` takes the model's own dataset.
+    """
+
+    model: str = "digits_mlp"
+    out: str = "runs/digits_mlp"
+    dataset: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int | None = None
+    o_end: float = 3.0
+    t: float = 1.5
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    progress: bool = True
+
+    def resolved(self) -> TrainConfig:
+        """A copy with dataset defaults filled in and values checked."""
+        from bnnkit.data import check_dataset_name
+        from bnnkit.models import model_info
+
+        info = model_info(self.model)
+        dataset = check_dataset_name(self.dataset or info.dataset)
+        d = DATASET_DEFAULTS[dataset]
+        cfg = dataclasses.replace(
+            self, dataset=dataset,
+            epochs=d.epochs if self.epochs is None else self.epochs,
+            batch_size=d.batch_size if self.batch_size is None else self.batch_size,
+            warmup_epochs=d.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs,
+        )
+        if cfg.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+        if cfg.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {cfg.batch_size}")
+        if not 0 <= cfg.warmup_epochs < cfg.epochs:
+            raise ValueError(f"warm-up epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
+        if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+            raise ValueError(f"learning rate must be positive, got {cfg.lr}")
+        if not (math.isfinite(cfg.o_end) and cfg.o_end >= 1):
+            raise ValueError(f"o_end must be >= 1, got {cfg.o_end}")
+        if cfg.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+        return cfg
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(obj) - names
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**obj)
+
+
+def lr_at(epoch: int, epochs: int, base_lr: float, warmup_epochs: int = 0) -> float:
+    """Learning rate of ``epoch`` (0-based): linear warm-up to ``base_lr`` over ``warmup_epochs``
+    (epoch e gets ``base_lr * (e + 1) / warmup_epochs``), then cosine annealing to 0 over the
+    remaining epochs (``base_lr`` at the first of them). Set once per epoch, as the paper does."""
+    if epoch < warmup_epochs:
+        return base_lr * (epoch + 1) / warmup_epochs
+    span = epochs - warmup_epochs
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))

@@ -1,0 +1,192 @@
+"""The training loop: the paper's recipe (SGD, cosine LR with optional warm-up, o schedule).
+
+Every epoch is a pure function of (seed, epoch, state at its start): the shuffling order and
+the random augmentations are seeded from ``(seed, epoch)``, so ``--resume`` from the
+checkpoint of epoch e continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from bnnkit import models
+from bnnkit.data import DatasetSplits, load_dataset, make_loader
+from bnnkit.nn.layers import binary_layers
+from bnnkit.schedule import OSchedule
+from bnnkit.train import checkpoint as ckpt
+from bnnkit.train.config import TrainConfig, lr_at
+from bnnkit.train.indicators import estimating_error, gradient_stability
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: str
+    best_test_acc: float
+    best_epoch: int
+    epochs: int
+    metrics: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; other names are checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    return device
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def build_model(config: TrainConfig, splits: DatasetSplits) -> nn.Module:
+    info = models.model_info(config.model)
+    if tuple(info.input_shape[:1]) != tuple(splits.input_shape[:1]):
+        raise ValueError(f"model {config.model!r} takes {info.input_shape[0]}-channel inputs "
+                         f"{info.input_shape}, dataset {splits.name!r} has {splits.input_shape}")
+    model = models.create(config.model, **{**config.model_kwargs, "num_classes": splits.num_classes})
+    for _, layer in binary_layers(model):
+        layer.t = config.t
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
+    """``(mean cross-entropy, top-1 accuracy in [0, 1])`` of ``model`` in eval mode."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(dim=1) == y).sum().item()
+        count += y.numel()
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
+                    o_end: float, progress: bool, desc: str) -> dict[str, float]:
+    """One pass over ``loader``; indicators are taken at the last iteration (after its step),
+    as the reference code logs them."""
+    model.train()
+    loss_sum, correct, count = 0.0, 0, 0
+    indicators = {"estimating_error": float("nan"), "gradient_stability": float("nan")}
+    n = len(loader)
+    for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress)):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * y.numel()
+        correct += (out.detach().argmax(dim=1) == y).sum().item()
+        count += y.numel()
+        if i == n - 1:
+            indicators = {"estimating_error": estimating_error(model, o_end),
+                          "gradient_stability": gradient_stability(model)}
+    return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1), **indicators}
+
+
+def _read_metrics(path: str, before_epoch: int) -> list[dict[str, Any]]:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r["epoch"] < before_epoch]
+
+
+def _check_resume_config(saved: dict[str, Any], config: TrainConfig) -> TrainConfig:
+    saved_cfg = TrainConfig.from_json(saved["train"])
+    mine = config.to_json()
+    ignore = {"progress", "workers", "device", "data_dir", "download"}
+    diffs = {k: (v, mine[k]) for k, v in saved_cfg.to_json().items() if k not in ignore and mine[k] != v}
+    if diffs:
+        listed = ", ".join(f"{k}: run has {a!r}, asked {b!r}" for k, (a, b) in diffs.items())
+        raise ValueError(f"--resume continues the run as it was configured; these options differ: {listed}")
+    return config
+
+
+def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
+    """Train ``config.model`` on ``config.dataset``; writes the run directory ``config.out``.
+
+    With ``resume=True`` the run continues after its last finished epoch; the options must be
+    those the run was started with (device, workers, data_dir and progress may change).
+    """
+    config = config.resolved()
+    run_dir = config.out
+    device = resolve_device(config.device)
+    if resume:
+        saved = ckpt.read_json(os.path.join(run_dir, ckpt.CONFIG_FILE), "run config")
+        config = _check_resume_config(saved, config)
+    elif os.path.exists(os.path.join(run_dir, ckpt.CHECKPOINT_STATE_FILE)):
+        raise FileExistsError(f"{run_dir!r} already holds a training run; pass --resume to continue it "
+                              "or choose another --out")
+    os.makedirs(run_dir, exist_ok=True)
+
+    splits = load_dataset(config.dataset, config.data_dir, download=config.download,
+                          input_shape=models.model_info(config.model).input_shape,
+                          num_classes=models.model_info(config.model).num_classes)
+    torch.manual_seed(config.seed)
+    model = build_model(config, splits).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    schedule = OSchedule(model, config.epochs, o_end=config.o_end)
+    pin = device.type == "cuda"
+    test_loader = make_loader(splits.test, max(config.batch_size, 256), shuffle=False, workers=config.workers,
+                              pin_memory=pin)
+
+    start_epoch, best = 0, {"test_acc": -1.0, "epoch": -1}
+    metrics_path = os.path.join(run_dir, ckpt.METRICS_FILE)
+    if resume:
+        progress_state = ckpt.load_checkpoint(run_dir, model, optimizer)
+        start_epoch = progress_state["epoch"] + 1
+        best = progress_state["best"]
+        log(f"resuming {run_dir} after epoch {progress_state['epoch']} (best test acc {best['test_acc']:.4f})")
+    history = _read_metrics(metrics_path, start_epoch)
+    with open(metrics_path, "w") as f:  # drop lines of epochs that did not reach a checkpoint
+        f.writelines(json.dumps(r) + "\n" for r in history)
+
+    epochs_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
+                      disable=not config.progress, initial=start_epoch, total=config.epochs)
+    for epoch in epochs_bar:
+        started = time.perf_counter()
+        torch.manual_seed(epoch_seed(config.seed, epoch))
+        lr = lr_at(epoch, config.epochs, config.lr, config.warmup_epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        o = schedule.step(epoch)
+        train_loader = make_loader(splits.train, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch),
+                                   workers=config.workers, pin_memory=pin)
+        stats = train_one_epoch(model, train_loader, optimizer, device, config.o_end, config.progress,
+                                desc=f"epoch {epoch + 1}/{config.epochs}")
+        test_loss, test_acc = evaluate(model, test_loader, device)
+        row = {"epoch": epoch, "lr": lr, "o": o, **stats, "test_loss": test_loss, "test_acc": test_acc,
+               "time_s": time.perf_counter() - started}
+        if test_acc > best["test_acc"]:
+            best = {"test_acc": test_acc, "epoch": epoch}
+            ckpt.save_best(run_dir, model, ckpt.run_config(config, splits.input_shape, splits.num_classes, best))
+        row["best_test_acc"] = best["test_acc"]
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        ckpt.save_checkpoint(run_dir, model, optimizer, {"epoch": epoch, "best": best})
+        history.append(row)
+        epochs_bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
+                               best=f"{best['test_acc']:.4f}")
+    epochs_bar.close()
+    log(f"best test accuracy {best['test_acc']:.4f} at epoch {best['epoch'] + 1}/{config.epochs}; run in {run_dir}")
+    return TrainResult(run_dir, best["test_acc"], best["epoch"], config.epochs, history)

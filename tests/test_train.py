@@ -1,0 +1,99 @@
+"""Training: the recipe improves accuracy, writes its files, resumes exactly, fails clearly."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from bnnkit.artifacts import ArtifactError, read_tensors
+from bnnkit.data import load_digits_tensors
+from bnnkit.train import TrainConfig, load_run, train
+from bnnkit.train import loop as train_loop
+
+SMALL_MLP = {"hidden": 128}
+
+
+def digits_config(out, **kw):
+    base = dict(model="digits_mlp", dataset="digits", out=str(out), epochs=3, batch_size=32,
+                model_kwargs=SMALL_MLP, progress=False, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_short_digits_run_learns_and_writes_its_files(tmp_path):
+    x, y = load_digits_tensors("test")
+    result = train(digits_config(tmp_path / "run"), log=lambda *a: None)
+    run = tmp_path / "run"
+    assert sorted(os.listdir(run)) == ["checkpoint.json", "checkpoint.safetensors", "config.json",
+                                       "metrics.jsonl", "model.safetensors"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert {"epoch", "train_loss", "train_acc", "test_acc", "lr", "o", "estimating_error",
+                "gradient_stability"} <= set(r)
+        assert 0 <= r["test_acc"] <= 1 and 0 <= r["train_acc"] <= 1
+        assert r["estimating_error"] > 0 and r["gradient_stability"] >= 0
+    assert rows[0]["o"] == 1.0 and rows[1]["o"] > 1.0
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+    model, config = load_run(str(run))
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc == pytest.approx(result.best_test_acc) and acc > 0.7  # chance is 0.1
+    assert config["model"] == "digits_mlp" and config["input_shape"] == [1, 8, 8]
+    assert "torch.save" not in (run / "config.json").read_text()
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train(digits_config(tmp_path / "a"), log=lambda *a: None)
+
+    calls = {"n": 0}
+    real = train_loop.train_one_epoch
+
+    def crash_in_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    train_loop.train_one_epoch = crash_in_third_epoch
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(digits_config(tmp_path / "b"), log=lambda *a: None)
+    finally:
+        train_loop.train_one_epoch = real
+    resumed = train(digits_config(tmp_path / "b"), resume=True, log=lambda *a: None)
+
+    a = read_tensors(str(tmp_path / "a" / "checkpoint.safetensors"))
+    b = read_tensors(str(tmp_path / "b" / "checkpoint.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+    assert strip(straight.metrics) == strip(resumed.metrics)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+
+
+def test_resume_refuses_changed_options_and_reuse_of_a_run_dir(tmp_path):
+    train(digits_config(tmp_path / "r", epochs=1), log=lambda *a: None)
+    with pytest.raises(ValueError, match="lr: run has 0.1, asked 0.5"):
+        train(digits_config(tmp_path / "r", epochs=1, lr=0.5), resume=True, log=lambda *a: None)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(digits_config(tmp_path / "r", epochs=1), log=lambda *a: None)
+
+
+def test_corrupt_or_missing_runs_give_clear_errors(tmp_path):
+    train(digits_config(tmp_path / "r", epochs=1), log=lambda *a: None)
+    ckpt = tmp_path / "r" / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match="does not match checkpoint.json"):
+        train(digits_config(tmp_path / "r", epochs=1), resume=True, log=lambda *a: None)
+    model_file = tmp_path / "r" / "model.safetensors"
+    model_file.write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="not a readable safetensors file"):
+        load_run(str(tmp_path / "r"))
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load_run(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="unknown device"):
+        train(digits_config(tmp_path / "x", device="tpu"), log=lambda *a: None)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        train(digits_config(tmp_path / "x", epochs=0), log=lambda *a: None)
