@@ -2,9 +2,11 @@
 
 Implementations compared on the same input (``x ~ N(0, 1)``, o = 2, t = 1.5):
 
-- ``triton``: bnnkit's kernels (binarize forward, estimator backward);
-- ``torch``: bnnkit's plain-PyTorch path (the references under autograd);
-- ``torch.compile``: ``torch.compile`` of that plain-PyTorch path;
+- ``triton``: :func:`bnnkit.functional.reste_sign` on the triton backend (the kernels);
+- ``torch``: the same on the torch backend (the PyTorch references);
+- ``torch.compile``: ``torch.compile`` of the plain-PyTorch expression (the references under
+  an autograd.Function). Compiling ``reste_sign`` itself would only call bnnkit's op, which
+  is opaque to Inductor, so this is what Inductor can do with plain PyTorch;
 - ``reference_style``: the paper code's style (:mod:`benchmarks.reference_style`).
 
 Bytes that must move: forward reads x and writes out (2 elements); backward reads x and
@@ -15,12 +17,16 @@ measured in the same case.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Callable
 
 import torch
 
-from bnnkit.kernels.binarize import binarize, binarize_reference
-from bnnkit.kernels.sign_grad import EstimatorKind, sign_grad, sign_grad_reference
+from bnnkit.backend import use_backend
+from bnnkit.functional import reste_sign
+from bnnkit.kernels.binarize import binarize_reference
+from bnnkit.kernels.sign_grad import EstimatorKind, sign_grad_reference
 
 from .reference_style import reference_style_reste
 from .registry import BenchContext, case
@@ -33,19 +39,9 @@ PASS_ELEMENT_TRANSFERS = {"forward": 2, "backward": 3, "fwd+bwd": 4}
 Quantizer = Callable[[torch.Tensor], torch.Tensor]
 
 
-class _KernelReste(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return binarize(x)
+class _PlainTorchReste(torch.autograd.Function):
+    """The references under a plain autograd.Function: what torch.compile can fuse."""
 
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return sign_grad(x, grad_out, EstimatorKind.RESTE, RESTE_O, RESTE_T)
-
-
-class _TorchReste(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
@@ -57,31 +53,46 @@ class _TorchReste(torch.autograd.Function):
         return sign_grad_reference(x, grad_out, EstimatorKind.RESTE, RESTE_O, RESTE_T)
 
 
-def triton_quantizer(x: torch.Tensor) -> torch.Tensor:
-    return _KernelReste.apply(x)
+@dataclasses.dataclass(frozen=True)
+class Impl:
+    """A quantizer to measure and the bnnkit backend its passes run under (``None``: as set)."""
+
+    quantizer: Quantizer
+    backend: str | None = None
 
 
-def torch_quantizer(x: torch.Tensor) -> torch.Tensor:
-    return _TorchReste.apply(x)
+def bnnkit_reste(x: torch.Tensor) -> torch.Tensor:
+    return reste_sign(x, RESTE_O, RESTE_T)
+
+
+def plain_torch_quantizer(x: torch.Tensor) -> torch.Tensor:
+    return _PlainTorchReste.apply(x)
 
 
 def reference_style_quantizer(x: torch.Tensor) -> torch.Tensor:
     return reference_style_reste(x, RESTE_O, RESTE_T)
 
 
-def _pass_fns(quantizer: Quantizer, x: torch.Tensor, grad: torch.Tensor) -> dict[str, Callable[[], object]]:
-    """Closures timing each pass; the backward reuses one retained graph (no grad accumulation)."""
-    retained = quantizer(x)
+def _pass_fns(impl: Impl, x: torch.Tensor, grad: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Closures timing each pass under the impl's backend (bnnkit's ops read it when they run,
+    backward included); the backward reuses one retained graph (no grad accumulation)."""
+    def backend():
+        return contextlib.nullcontext() if impl.backend is None else use_backend(impl.backend)
+
+    with backend():
+        retained = impl.quantizer(x)
 
     def forward():
-        with torch.no_grad():
-            return quantizer(x)
+        with backend(), torch.no_grad():
+            return impl.quantizer(x)
 
     def backward():
-        return torch.autograd.grad(retained, x, grad, retain_graph=True)
+        with backend():
+            return torch.autograd.grad(retained, x, grad, retain_graph=True)
 
     def forward_backward():
-        return torch.autograd.grad(quantizer(x), x, grad)
+        with backend():
+            return torch.autograd.grad(impl.quantizer(x), x, grad)
 
     return {"forward": forward, "backward": backward, "fwd+bwd": forward_backward}
 
@@ -93,7 +104,7 @@ def _copy_gb_per_s(n: int, dtype: torch.dtype, ctx: BenchContext) -> dict:
     return {**timing, "gb_per_s": 2 * n * src.element_size() / timing["median_ms"] / 1e6}
 
 
-def measure_quantizers(ctx: BenchContext, case_name: str, quantizers: dict[str, Quantizer], sizes: list[int],
+def measure_quantizers(ctx: BenchContext, case_name: str, quantizers: dict[str, Impl], sizes: list[int],
                        dtypes: list[torch.dtype], baseline: str = "reference_style") -> list[dict]:
     """Rows for every size x dtype x implementation x pass, plus one copy row per size x dtype.
 
@@ -108,8 +119,8 @@ def measure_quantizers(ctx: BenchContext, case_name: str, quantizers: dict[str, 
             x = torch.randn(n, device=ctx.device).to(dtype).requires_grad_(True)
             grad = torch.randn(n, device=ctx.device).to(dtype)
             measured = []
-            for impl, quantizer in quantizers.items():
-                for pass_name, fn in _pass_fns(quantizer, x, grad).items():
+            for impl, spec in quantizers.items():
+                for pass_name, fn in _pass_fns(spec, x, grad).items():
                     fn()  # compiles / autotunes outside the timed region
                     timing = time_fn(fn, ctx.device, ctx.quick)
                     gb = PASS_ELEMENT_TRANSFERS[pass_name] * n * x.element_size() / timing["median_ms"] / 1e6
@@ -127,10 +138,10 @@ def measure_quantizers(ctx: BenchContext, case_name: str, quantizers: dict[str, 
 def reste_quantizer_cuda(ctx: BenchContext) -> list[dict]:
     """16M and 64M elements, fp32 and bf16: Triton vs plain torch vs torch.compile vs reference style."""
     quantizers = {
-        "triton": triton_quantizer,
-        "torch": torch_quantizer,
-        "torch.compile": torch.compile(torch_quantizer),
-        "reference_style": reference_style_quantizer,
+        "triton": Impl(bnnkit_reste, "triton"),
+        "torch": Impl(bnnkit_reste, "torch"),
+        "torch.compile": Impl(torch.compile(plain_torch_quantizer)),
+        "reference_style": Impl(reference_style_quantizer),
     }
     sizes = [1 << 24] if ctx.quick else [1 << 24, 1 << 26]
     return measure_quantizers(ctx, "reste_fwd_bwd", quantizers, sizes, [torch.float32, torch.bfloat16])
@@ -139,6 +150,6 @@ def reste_quantizer_cuda(ctx: BenchContext) -> list[dict]:
 @case("quantize", "reste_fwd_bwd_cpu", devices=("cpu",))
 def reste_quantizer_cpu(ctx: BenchContext) -> list[dict]:
     """CPU: bnnkit's torch path against the reference-code style, as a ratio in one run."""
-    quantizers = {"torch": torch_quantizer, "reference_style": reference_style_quantizer}
+    quantizers = {"torch": Impl(bnnkit_reste, "torch"), "reference_style": Impl(reference_style_quantizer)}
     sizes = [1 << 18] if ctx.quick else [1 << 22]
     return measure_quantizers(ctx, "reste_fwd_bwd_cpu", quantizers, sizes, [torch.float32])

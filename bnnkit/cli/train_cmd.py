@@ -64,6 +64,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--workers", type=int, default=None, help="data loader worker processes (default 0)")
+    p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=["bf16", "fp16"],
+                   help="mixed precision: forward and loss under torch.autocast in bf16 (the default of a bare "
+                        "--amp) or fp16 (with a gradient scaler); meant for GPUs, slow on CPU")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="train through torch.compile(model) (compiles once; the o schedule does not recompile)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out after its last finished epoch (same options)")
@@ -77,7 +82,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     names = {"model": "model", "dataset": "dataset", "data_dir": "data_dir", "download": "download",
              "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
              "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "o_end": "o_end", "t": "t",
-             "seed": "seed", "device": "device", "workers": "workers"}
+             "seed": "seed", "device": "device", "workers": "workers", "amp": "amp", "compile": "compile"}
     for arg, field in names.items():
         value = getattr(args, arg)
         if value is not None:

@@ -7,10 +7,12 @@ checkpoint of epoch e continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from bnnkit.data import DatasetSplits, load_dataset, make_loader
 from bnnkit.nn.layers import binary_layers
 from bnnkit.schedule import OSchedule
 from bnnkit.train import checkpoint as ckpt
-from bnnkit.train.config import TrainConfig, lr_at
+from bnnkit.train.config import AMP_DTYPES, TrainConfig, lr_at
 from bnnkit.train.indicators import estimating_error, gradient_stability
 
 
@@ -64,14 +66,40 @@ def build_model(config: TrainConfig, splits: DatasetSplits) -> nn.Module:
     return model
 
 
+@dataclasses.dataclass
+class Precision:
+    """How a training step runs: under ``torch.autocast`` (``dtype``) or not, with an fp16
+    gradient scaler or not, and through which forward (the model or its compiled form)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    device_type: str = "cpu"
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, model: nn.Module, device: torch.device) -> Precision:
+        dtype = None if config.amp is None else getattr(torch, AMP_DTYPES[config.amp])
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        # The o schedule changes a 0-d tensor each epoch, so the compiled graph is reused across
+        # epochs (see bnnkit.ops); switching between train and eval mode compiles a second one.
+        forward = torch.compile(model) if config.compile else model
+        return cls(forward, device.type, dtype, scaler)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
-    """``(mean cross-entropy, top-1 accuracy in [0, 1])`` of ``model`` in eval mode."""
+def evaluate(model: nn.Module, loader, device: torch.device,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
+    """``(mean cross-entropy, top-1 accuracy in [0, 1])`` of ``model`` in eval mode, computed in
+    float32 through ``forward`` (default: the model itself)."""
     model.eval()
+    forward = model if forward is None else forward
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
+        out = forward(x)
         loss_sum += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(dim=1) == y).sum().item()
         count += y.numel()
@@ -79,20 +107,28 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
-                    o_end: float, progress: bool, desc: str) -> dict[str, float]:
+                    o_end: float, progress: bool, desc: str, precision: Precision | None = None) -> dict[str, float]:
     """One pass over ``loader``; indicators are taken at the last iteration (after its step),
-    as the reference code logs them."""
+    as the reference code logs them. ``precision``: autocast / compile settings (default:
+    float32, eager)."""
     model.train()
+    precision = precision or Precision(model)
     loss_sum, correct, count = 0.0, 0, 0
     indicators = {"estimating_error": float("nan"), "gradient_stability": float("nan")}
     n = len(loader)
     for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
-        loss = F.cross_entropy(out, y)
+        with precision.autocast():
+            out = precision.forward(x)
+            loss = F.cross_entropy(out, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if precision.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # fp16: scale the loss so small gradients do not underflow
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(optimizer)
+            precision.scaler.update()
         loss_sum += loss.item() * y.numel()
         correct += (out.detach().argmax(dim=1) == y).sum().item()
         count += y.numel()
@@ -146,6 +182,7 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResul
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     schedule = OSchedule(model, config.epochs, o_end=config.o_end)
+    precision = Precision.from_config(config, model, device)
     pin = device.type == "cuda"
     test_loader = make_loader(splits.test, max(config.batch_size, 256), shuffle=False, workers=config.workers,
                               pin_memory=pin)
@@ -154,6 +191,8 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResul
     metrics_path = os.path.join(run_dir, ckpt.METRICS_FILE)
     if resume:
         progress_state = ckpt.load_checkpoint(run_dir, model, optimizer)
+        if precision.scaler is not None and "grad_scaler" in progress_state:
+            precision.scaler.load_state_dict(progress_state["grad_scaler"])
         start_epoch = progress_state["epoch"] + 1
         best = progress_state["best"]
         log(f"resuming {run_dir} after epoch {progress_state['epoch']} (best test acc {best['test_acc']:.4f})")
@@ -173,8 +212,8 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResul
         train_loader = make_loader(splits.train, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch),
                                    workers=config.workers, pin_memory=pin)
         stats = train_one_epoch(model, train_loader, optimizer, device, config.o_end, config.progress,
-                                desc=f"epoch {epoch + 1}/{config.epochs}")
-        test_loss, test_acc = evaluate(model, test_loader, device)
+                                desc=f"epoch {epoch + 1}/{config.epochs}", precision=precision)
+        test_loss, test_acc = evaluate(model, test_loader, device, precision.forward)
         row = {"epoch": epoch, "lr": lr, "o": o, **stats, "test_loss": test_loss, "test_acc": test_acc,
                "time_s": time.perf_counter() - started}
         if test_acc > best["test_acc"]:
@@ -183,7 +222,8 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResul
         row["best_test_acc"] = best["test_acc"]
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        ckpt.save_checkpoint(run_dir, model, optimizer, {"epoch": epoch, "best": best})
+        scaler_state = {} if precision.scaler is None else {"grad_scaler": precision.scaler.state_dict()}
+        ckpt.save_checkpoint(run_dir, model, optimizer, {"epoch": epoch, "best": best, **scaler_state})
         history.append(row)
         epochs_bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
                                best=f"{best['test_acc']:.4f}")

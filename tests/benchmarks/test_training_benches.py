@@ -1,4 +1,4 @@
-"""The quantize benchmark suite: its baseline computes ReSTE, and its CPU case yields complete rows."""
+"""The quantize and train benchmark suites: the baseline computes ReSTE, the CPU cases yield complete rows."""
 
 import torch
 
@@ -36,3 +36,15 @@ def test_quantize_cases_registered_and_cpu_rows_complete():
         if row["impl"] != "copy":
             assert row["speedup_vs_reference_style"] > 0
     assert all(r["speedup_vs_reference_style"] == 1.0 for r in rows if r["impl"] == "reference_style")
+
+
+def test_train_step_cpu_case_rows():
+    from bnnkit.benchmarks import train as train_bench  # noqa: F401  (registers the suite)
+
+    names = {(c.suite, c.name): c for c in REGISTRY}
+    assert names["train", "resnet20_step"].devices == ("cuda",)
+    rows = names["train", "digits_cnn_step_cpu"].fn(BenchContext(device=torch.device("cpu"), quick=True))
+    assert [r["impl"] for r in rows] == ["torch", "reference_style"]
+    for row in rows:
+        assert row["median_ms"] > 0 and row["images_per_s"] > 0 and row["speedup_vs_reference_style"] > 0
+        assert row["shape"] == "(64, 1, 8, 8)"
