@@ -8,14 +8,8 @@ alpha is not detached, as in the reference code, so the backward of
     grad_w = alpha * g(w) * grad_out  +  sgn(w) / n * sum_group(grad_out * binarize(w))
 
 where the sum and ``n`` run over the elements that share one alpha, and ``sgn`` is the
-derivative of ``|w|`` that autograd uses (``sgn(0) = 0``, ``sgn(NaN) = 0``).
-
-alpha is summed in float64 and rounded once to float32 (float64 for float64 weights): the
-correctly rounded mean except in vanishingly rare cases, whatever order the reduction runs in.
-So the PyTorch reference on any device and the Triton kernel give the same alpha bit for bit,
-and with it the same binary weights and the same forward pass; a last-bit difference in
-alpha can flip ReLU on the many exact zeros of binary dot products and change a training
-step. The backward's group sum runs in float32 (its result only scales a gradient term).
+derivative of ``|w|`` that autograd uses (``sgn(0) = 0``, ``sgn(NaN) = 0``). Statistics are
+computed in float32 for half-precision weights.
 
 NaN weights: alpha of their group is NaN, so the group's output and gradient are NaN.
 
@@ -63,10 +57,10 @@ def weight_scale_reference(w: torch.Tensor, scale: str) -> torch.Tensor | None:
     if scale == "channel" and w.dim() < 2:
         raise ValueError(f"scale='channel' needs a weight with an output-channel dim and at least one more "
                          f"dim, got shape {tuple(w.shape)}; use scale='tensor'")
-    a = w.to(torch.float64).abs()
+    a = w.to(compute_dtype(w.dtype)).abs()
     if scale == "tensor":
-        return a.mean().to(compute_dtype(w.dtype))
-    return a.mean(dim=_reduce_dims(w, scale), keepdim=True).to(compute_dtype(w.dtype))
+        return a.mean()
+    return a.mean(dim=_reduce_dims(w, scale), keepdim=True)
 
 
 def scaled_binarize_forward_reference(w: torch.Tensor, scale: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -107,12 +101,9 @@ WEIGHT_WARPS = 4
 
 @triton.jit
 def _group_sum(w_ptr, grad_out_ptr, row, lo, hi, WITH_GRAD: tl.constexpr, BLOCK: tl.constexpr):
-    """Sum over elements ``lo <= j < hi`` of the group starting at ``row``: ``|w|`` in float64,
-    or ``grad_out * binarize(w)`` in float32 when ``WITH_GRAD``."""
-    if WITH_GRAD:
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK], dtype=tl.float64)
+    """Float32 sum over elements ``lo <= j < hi`` of the group starting at ``row``:
+    ``|w|``, or ``grad_out * binarize(w)`` when ``WITH_GRAD``."""
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < hi
@@ -121,7 +112,7 @@ def _group_sum(w_ptr, grad_out_ptr, row, lo, hi, WITH_GRAD: tl.constexpr, BLOCK:
             grad_out = tl.load(grad_out_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
             acc += tl.where(w >= 0, grad_out, -grad_out)
         else:
-            acc += tl.abs(w).to(tl.float64)
+            acc += tl.abs(w)
     return tl.sum(acc, axis=0)
 
 
@@ -129,7 +120,7 @@ def _group_sum(w_ptr, grad_out_ptr, row, lo, hi, WITH_GRAD: tl.constexpr, BLOCK:
 def _group_total(w_ptr, grad_out_ptr, partial_ptr, g, row, k, splits,
                  WITH_GRAD: tl.constexpr, FUSED: tl.constexpr, SPLITS_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
     """The whole group's sum: computed here when ``FUSED``, else the sum of its ``splits`` partials
-    (same order in every program, so every program gets the same value)."""
+    (same order in every program, so every program gets the same float32 value)."""
     if FUSED:
         total = _group_sum(w_ptr, grad_out_ptr, row, 0, k, WITH_GRAD, BLOCK)
     else:
@@ -170,7 +161,7 @@ def _scaled_binarize_forward_kernel(
         s = s.to(tl.int64)
     row = g * k
     total = _group_total(w_ptr, w_ptr, partial_ptr, g, row, k, splits, False, FUSED, SPLITS_BLOCK, BLOCK)
-    alpha = (total / k).to(tl.float32)  # float64 mean, rounded once
+    alpha = total / k
     if s == 0:
         tl.store(alpha_ptr + g, alpha)
     lo = s * chunk
@@ -260,7 +251,8 @@ def scaled_binarize_forward(w: torch.Tensor, scale: str) -> tuple[torch.Tensor, 
     Returns:
         ``out`` in ``w``'s dtype and shape (contiguous) and ``alpha`` in float32: 0-d for
         ``"tensor"``, ``(C_out, 1, ...)`` for ``"channel"``, ``None`` for ``"none"``. alpha is
-        summed in float64 and rounded once, as the reference (see the module docstring). A non-contiguous ``w`` is copied to contiguous
+        summed in float32 in a fixed order (deterministic; it may differ from
+        ``torch.mean`` in the last bits). A non-contiguous ``w`` is copied to contiguous
         memory first. One launch for groups up to :data:`FUSED_MAX_GROUP` elements, two above.
     """
     scale = _check_weight(w, scale, "scaled_binarize_forward")
@@ -274,7 +266,7 @@ def scaled_binarize_forward(w: torch.Tensor, scale: str) -> tuple[torch.Tensor, 
     if w.numel() == 0:
         return out, alpha.fill_(float("nan")).reshape(_alpha_shape(w, scale))  # mean of nothing, as torch
     fused, chunk, splits, splits_block, index_64 = group_plan(groups, k)
-    partial = _partial_sums(w, w, groups, k, chunk, splits, fused, index_64, with_grad=False)  # float64
+    partial = _partial_sums(w, w, groups, k, chunk, splits, fused, index_64, with_grad=False)
     _scaled_binarize_forward_kernel[(groups, splits)](
         w, partial, alpha, out, k, chunk, splits,
         FUSED=fused, SPLITS_BLOCK=splits_block, BLOCK=GROUP_BLOCK, INDEX_64=index_64, num_warps=WEIGHT_WARPS,
@@ -330,12 +322,10 @@ def scaled_binarize_backward(
 
 def _partial_sums(w: torch.Tensor, grad_out: torch.Tensor, groups: int, k: int, chunk: int, splits: int,
                   fused: bool, index_64: bool, with_grad: bool) -> torch.Tensor:
-    """``(groups, splits)`` partial sums (first launch; float64 for |w|, float32 with the gradient),
-    or a 1-element dummy when fused."""
-    dtype = torch.float32 if with_grad else torch.float64
+    """``(groups, splits)`` float32 partial sums (first launch), or a 1-element dummy when fused."""
     if fused:
-        return torch.empty(1, dtype=dtype, device=w.device)
-    partial = torch.empty((groups, splits), dtype=dtype, device=w.device)
+        return torch.empty(1, dtype=torch.float32, device=w.device)
+    partial = torch.empty((groups, splits), dtype=torch.float32, device=w.device)
     _group_partial_sum_kernel[(groups, splits)](
         w, grad_out, partial, k, chunk, splits,
         WITH_GRAD=with_grad, BLOCK=GROUP_BLOCK, INDEX_64=index_64, num_warps=WEIGHT_WARPS,

@@ -38,6 +38,9 @@ class TrainConfig:
     ``amp``: ``"bf16"`` or ``"fp16"`` runs forward and loss under ``torch.autocast`` (fp16
     with a gradient scaler), ``None`` trains in float32. ``compile``: train through
     ``torch.compile(model)``.
+    ``batch_size`` is the global batch: under torchrun each of N processes takes
+    ``batch_size / N`` samples per step. ``sync_bn`` turns BatchNorm into SyncBatchNorm when
+    training on several GPUs (batch statistics over the global batch).
     """
 
     model: str = "digits_mlp"
@@ -60,6 +63,7 @@ class TrainConfig:
     progress: bool = True
     amp: str | None = None
     compile: bool = False
+    sync_bn: bool = False
 
     def resolved(self) -> TrainConfig:
         """A copy with dataset defaults filled in and values checked."""

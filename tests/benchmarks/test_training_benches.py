@@ -4,7 +4,7 @@ import torch
 
 from bnnkit.benchmarks import quantize
 from bnnkit.benchmarks.reference_style import reference_style_reste
-from bnnkit.benchmarks.registry import REGISTRY, BenchContext
+from bnnkit.benchmarks.registry import BenchContext
 from bnnkit.kernels.sign_grad import EstimatorKind, sign_grad_reference
 
 
@@ -22,11 +22,10 @@ def test_reference_style_baseline_is_reste():
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
 
 
-def test_quantize_cases_registered_and_cpu_rows_complete():
-    names = {(c.suite, c.name): c for c in REGISTRY}
-    assert ("quantize", "reste_fwd_bwd") in names and names["quantize", "reste_fwd_bwd"].devices == ("cuda",)
-    cpu_case = names["quantize", "reste_fwd_bwd_cpu"]
-    rows = cpu_case.fn(BenchContext(device=torch.device("cpu"), quick=True))
+# The cases are called directly: other tests swap the shared registry's contents, and
+# tests/benchmarks/test_bench_smoke.py runs the suites through the runner.
+def test_quantize_cpu_case_rows_complete():
+    rows = quantize.reste_quantizer_cpu(BenchContext(device=torch.device("cpu"), quick=True))
     impls = {(r["impl"], r["pass"]) for r in rows}
     assert impls == {("copy", "copy")} | {(i, p) for i in ("torch", "reference_style")
                                          for p in quantize.PASS_ELEMENT_TRANSFERS}
@@ -39,11 +38,9 @@ def test_quantize_cases_registered_and_cpu_rows_complete():
 
 
 def test_train_step_cpu_case_rows():
-    from bnnkit.benchmarks import train as train_bench  # noqa: F401  (registers the suite)
+    from bnnkit.benchmarks import train as train_bench
 
-    names = {(c.suite, c.name): c for c in REGISTRY}
-    assert names["train", "resnet20_step"].devices == ("cuda",)
-    rows = names["train", "digits_cnn_step_cpu"].fn(BenchContext(device=torch.device("cpu"), quick=True))
+    rows = train_bench.digits_cnn_train_step_cpu(BenchContext(device=torch.device("cpu"), quick=True))
     assert [r["impl"] for r in rows] == ["torch", "reference_style"]
     for row in rows:
         assert row["median_ms"] > 0 and row["images_per_s"] > 0 and row["speedup_vs_reference_style"] > 0

@@ -255,12 +255,9 @@ def _check_weight_forward(w, scale):
         assert torch.equal(out, want_out)
         return alpha
     assert alpha.dtype == want_alpha.dtype and alpha.shape == want_alpha.shape
-    # alpha: a float64 mean rounded once, the same bits in any reduction order
-    torch.testing.assert_close(alpha, want_alpha, rtol=0, atol=0, equal_nan=True)
-    if w.dtype == torch.bfloat16 and interpreting():  # the interpreter truncates to bf16 (see top)
-        _assert_close(out, want_out, w.dtype, f"forward scale={scale}")
-    else:
-        torch.testing.assert_close(out, want_out, rtol=0, atol=0, equal_nan=True)
+    # alpha: a fixed-order float32 sum; torch.mean sums in another order (a few ulp apart)
+    torch.testing.assert_close(alpha, want_alpha, rtol=1e-6, atol=0, equal_nan=True)
+    _assert_close(out, want_out, w.dtype, f"forward scale={scale}")
     finite = torch.isfinite(out)
     assert torch.equal((out[finite] > 0), (w[finite] >= 0))  # the signs are exact
     return alpha

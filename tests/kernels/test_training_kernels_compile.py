@@ -54,15 +54,14 @@ def _sign_grad(dtype, kind, index_64):
 
 
 def _group_partial(dtype, with_grad):
-    partial = "*fp32" if with_grad else "*fp64"
-    sig = {"w_ptr": f"*{dtype}", "grad_out_ptr": f"*{dtype}", "partial_ptr": partial, "k": "i32", "chunk": "i32",
+    sig = {"w_ptr": f"*{dtype}", "grad_out_ptr": f"*{dtype}", "partial_ptr": "*fp32", "k": "i32", "chunk": "i32",
            "splits": "i32", "WITH_GRAD": "constexpr", "BLOCK": "constexpr", "INDEX_64": "constexpr"}
     return _group_partial_sum_kernel, sig, {"WITH_GRAD": with_grad, "BLOCK": GROUP_BLOCK, "INDEX_64": False}, \
         WEIGHT_WARPS
 
 
 def _weight_forward(dtype, fused):
-    sig = {"w_ptr": f"*{dtype}", "partial_ptr": "*fp64", "alpha_ptr": "*fp32", "out_ptr": f"*{dtype}", "k": "i32",
+    sig = {"w_ptr": f"*{dtype}", "partial_ptr": "*fp32", "alpha_ptr": "*fp32", "out_ptr": f"*{dtype}", "k": "i32",
            "chunk": "i32", "splits": "i32", "FUSED": "constexpr", "SPLITS_BLOCK": "constexpr", "BLOCK": "constexpr",
            "INDEX_64": "constexpr"}
     consts = {"FUSED": fused, "SPLITS_BLOCK": 4096, "BLOCK": GROUP_BLOCK, "INDEX_64": False}
