@@ -15,7 +15,9 @@ Registered as ``torch.ops.bnnkit.*`` custom ops (``custom_op`` + ``register_fake
 keep each one as a single node, and ``torch.library.opcheck`` passes. Each op body picks its
 implementation when it runs (:func:`bnnkit.backend.use_triton`): the Triton kernels for
 fp16/bf16/fp32 tensors where the backend says so, the PyTorch references otherwise (float64
-always takes the reference).
+always takes the reference). The backward ops read the backend when autograd runs them, so run
+forward and backward under the same backend. Outputs are contiguous, or channels_last for a
+channels_last input (other layouts are copied to contiguous memory first).
 
 ``o`` travels as a 0-d tensor, not a float: ReSTE's schedule changes ``o`` every epoch, and
 torch.compile specializes a graph on every Python float it reads from a module, so a float

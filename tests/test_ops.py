@@ -187,12 +187,13 @@ def test_compile_fullgraph_trains_without_recompiling_when_o_changes(backend, co
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])  # compiled once, never again
 
 
+@pytest.mark.parametrize("name", ["digits_cnn", "scaled_binary_net"])  # compared as in the step test above
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_training_under_autocast_on_both_backends(dtype):
+def test_training_under_autocast_on_both_backends(dtype, name):
     x, y = _randn(16, 1, 8, 8, seed=5), torch.randint(0, 10, (16,), device=DEVICE)
     results = {}
     for backend in BACKENDS:
-        model = _model("digits_cnn", seed=2)
+        model = _step_model(name, seed=2)
         before = copy.deepcopy(model.state_dict())
         with use_backend(backend), torch.autocast(DEVICE, dtype=dtype):
             out = model(x)
