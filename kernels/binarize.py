@@ -10,8 +10,7 @@ Triton version, which can also emit the packed bits from the same read of ``x``.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from .triton_compat import tl, triton
 
 from .bitpack import num_words
 from .bits import pack_rows

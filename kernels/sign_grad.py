@@ -26,8 +26,7 @@ import enum
 import math
 
 import torch
-import triton
-import triton.language as tl
+from .triton_compat import tl, triton
 
 from .bits import interpreting
 from .elementwise import (

@@ -20,8 +20,7 @@ The ``*_reference`` functions define the semantics (and are the CPU fallback);
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from .triton_compat import tl, triton
 
 from .binarize import binarize, binarize_reference
 from .bits import interpreting

@@ -19,7 +19,6 @@ ROOFS = {"copy": 100.0, "fp32": 2.0}
 @pytest.fixture
 def fake_suite():
     """Registers suite "fake" (removed afterwards): a good CPU case, a CUDA-only one, a failing one, a sloppy one."""
-    before = list(REGISTRY)
 
     @case("fake", "good", devices=("cpu",))
     def good(ctx):
@@ -43,7 +42,8 @@ def fake_suite():
         return [{"case": "sloppy", "impl": "x", "median_ms": math.nan, "device": "my own idea"}]
 
     yield
-    REGISTRY[:] = before
+    # remove only what this fixture added: suite modules imported meanwhile keep their cases
+    REGISTRY[:] = [c for c in REGISTRY if c.suite != "fake"]
 
 
 def run_fake(**kwargs):
@@ -129,7 +129,8 @@ def suite_package(tmp_path, monkeypatch):
     before = list(REGISTRY)
     REGISTRY.clear()  # cases other test modules registered are not part of the stand-in package
     yield
-    REGISTRY[:] = before
+    REGISTRY[:] = before + [c for c in REGISTRY if c.suite not in ("fine", "broken", "extra_broken")
+                            and c not in before]
     for name in [m for m in sys.modules if m.split(".")[0] == "stand_in_benchmarks"]:
         del sys.modules[name]
 
