@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+from .triton_compat import tl, triton
 
 from .binarize import binarize_reference
 from .binary_operands import ActivationMode, activation_mode, dot_pm1, masked_activation, masked_weight

@@ -24,8 +24,7 @@ CPU fallback with the same signature.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from .triton_compat import tl, triton
 
 from .binary_operands import ActivationMode, activation_mode, dot_pm1, gemm_activation_tile, gemm_weight_tile
 from .bitpack import num_words, unpack_signs_reference

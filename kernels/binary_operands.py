@@ -20,9 +20,8 @@ from __future__ import annotations
 import enum
 
 import torch
-import triton
-import triton.language as tl
 
+from .triton_compat import tl, triton
 
 class ActivationMode(enum.IntEnum):
     INT8 = 0

@@ -7,8 +7,7 @@ Encoding as in :mod:`bnnkit.kernels.bitpack`: bit ``i`` of an int32 word is elem
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from .triton_compat import tl, triton
 
 from bnnkit.backend import triton_interpret
 

@@ -28,8 +28,7 @@ import dataclasses
 import enum
 
 import torch
-import triton
-import triton.language as tl
+from .triton_compat import tl, triton
 
 from .bitpack import pack_signs_reference
 

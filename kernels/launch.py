@@ -13,7 +13,7 @@ import functools
 import os
 
 import torch
-import triton
+from .triton_compat import triton
 
 
 def autotune_enabled() -> bool:

@@ -8,8 +8,7 @@ input with this kernel before reading it.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from .triton_compat import tl, triton
 
 from .bitpack import num_words, pack_signs_reference
 from .bits import pack_rows
