@@ -87,11 +87,13 @@ def sha256_file(path: str) -> str:
 
 def write_artifact(directory: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], *,
                    kind: str, version: int, tensor_file: str = "model.safetensors",
-                   manifest_file: str = "manifest.json", overwrite: bool = False) -> None:
+                   manifest_file: str = "manifest.json", overwrite: bool = False,
+                   extra_files: dict[str, bytes] | None = None) -> None:
     """Write a directory artifact: ``tensor_file`` + ``manifest_file`` (JSON with ``kind``,
     ``format_version``, ``bnnkit_version``, the tensor file's ``sha256`` and ``manifest``'s
-    fields). The directory is built under a temporary name and renamed into place; an existing
-    ``directory`` is replaced only with ``overwrite=True``."""
+    fields). ``extra_files`` (name -> bytes, no pickles) are written beside them and their
+    sha256 recorded under ``files``. The directory is built under a temporary name and
+    renamed into place; an existing ``directory`` is replaced only with ``overwrite=True``."""
     from bnnkit.version import __version__
 
     directory = os.path.abspath(directory)
@@ -104,6 +106,15 @@ def write_artifact(directory: str, tensors: dict[str, torch.Tensor], manifest: d
         write_tensors(os.path.join(staging, tensor_file), tensors)
         header = {"kind": kind, "format_version": version, "bnnkit_version": __version__,
                   "tensor_file": tensor_file, "sha256": sha256_file(os.path.join(staging, tensor_file))}
+        if extra_files:
+            header["files"] = {}
+            for name, data in extra_files.items():
+                if os.path.basename(name) != name or name in (tensor_file, manifest_file):
+                    raise ValueError(f"extra file name {name!r} must be a plain file name other than the "
+                                     "tensor file and the manifest")
+                with open(os.path.join(staging, name), "wb") as f:
+                    f.write(data)
+                header["files"][name] = sha256_file(os.path.join(staging, name))
         write_json(os.path.join(staging, manifest_file), {**header, **manifest})
         if os.path.exists(directory):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old.", dir=parent)
@@ -141,4 +152,10 @@ def read_artifact(directory: str, *, kind: str, versions: tuple[int, ...],
     if digest != manifest.get("sha256"):
         raise ArtifactError(f"checksum mismatch for {tensor_path!r}: manifest says {manifest.get('sha256')}, "
                             f"file has {digest}; the artifact is corrupt or was modified")
+    for name, expected in (manifest.get("files") or {}).items():
+        path = os.path.join(directory, os.path.basename(name))
+        if not os.path.isfile(path):
+            raise ArtifactError(f"file {path!r} named by the manifest is missing")
+        if sha256_file(path) != expected:
+            raise ArtifactError(f"checksum mismatch for {path!r}: the artifact is corrupt or was modified")
     return manifest, read_tensors(tensor_path)

@@ -9,6 +9,10 @@ The switch is ``BNNKIT_BACKEND`` (read on every call, so tests may change it) or
   ``TRITON_INTERPRET=1`` (Triton's interpreter; that is how the tests run the kernels on a
   machine without a GPU) and raises otherwise.
 
+``BNNKIT_AUTOTUNE`` (``1`` by default) lets the binary GEMM / convolution kernels autotune
+their tile configs on CUDA on the first call per shape bucket; ``0`` takes each config list's
+first fitting entry without tuning runs (:mod:`bnnkit.kernels.launch`).
+
 Nothing here touches the GPU at import time.
 """
 

@@ -34,6 +34,11 @@ SCRIPT = textwrap.dedent('''
         assert "triton package is not installed" in str(e), e
     else:
         raise AssertionError("forced triton backend without triton did not raise")
+    import bnnkit.export
+    model.eval()
+    packed = bnnkit.export.pack(model)
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(packed(x), model(x), rtol=1e-4, atol=1e-5)
     try:
         kbin.binarize(torch.randn(4))
     except ImportError as e:

@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
                     "packed memory (1 bit per binary weight, 32 bits per other parameter), multiply-accumulates, "
                     "and totals with the fp32-equivalent size and the compression ratio.",
     )
-    p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR", help="a training run directory")
+    p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR",
+                   help="a training run directory, or a packed artifact directory (bnnkit export --out)")
     p.add_argument("--model", default=None, choices=list_models(), metavar="NAME",
                    help=f"a zoo model instead of a run ({', '.join(list_models())})")
     p.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
@@ -35,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
         if not os.path.isdir(args.run_dir):
             raise FileNotFoundError(f"run directory {args.run_dir!r} does not exist")
+        from bnnkit.export.sizes import is_packed_artifact, packed_artifact_report
+
+        if is_packed_artifact(args.run_dir):
+            report = packed_artifact_report(args.run_dir)
+            print(json.dumps(report, indent=2) if args.json else report["text"])
+            return 0
         model, config = load_run(args.run_dir)
         shape = tuple(config["input_shape"])
         title = f"{config['model']} from {args.run_dir}"
@@ -45,9 +52,25 @@ def run(args: argparse.Namespace) -> int:
     if args.input_shape:
         shape = tuple(args.input_shape)
     summary = summarize(model, shape)
+    packed_line = None
+    if args.run_dir is not None:
+        from bnnkit.export.sizes import measured_artifact_bytes
+
+        measured = measured_artifact_bytes(model, {"name": config["model"], "kwargs": config["model_kwargs"]}, shape)
+        packed_line = {"artifact_bytes": measured, "fp32_state_dict_bytes": summary_fp32_state(model),
+                       "compression": summary_fp32_state(model) / measured}
     if args.json:
-        print(json.dumps({"model": title, **summary.to_json()}, indent=2))
+        print(json.dumps({"model": title, **summary.to_json(), **({"packed_artifact": packed_line} if packed_line
+                                                                   else {})}, indent=2))
     else:
         print(title)
         print(summary.to_text())
+        if packed_line:
+            print(f"packed artifact (bnnkit export) {packed_line['artifact_bytes']:,} bytes vs fp32 state dict "
+                  f"{packed_line['fp32_state_dict_bytes']:,} bytes: {packed_line['compression']:.1f}x smaller")
     return 0
+
+
+def summary_fp32_state(model) -> int:
+    """Bytes of the model's state dict with every float tensor in fp32."""
+    return sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in model.state_dict().values())

@@ -1,0 +1,157 @@
+"""Packed layers: a binary conv / linear with its fused epilogue, as an ``nn.Module``.
+
+They hold only buffers (packed weights and per-channel epilogue parameters) and call the
+ops of :mod:`bnnkit.export.ops`. Activations between PyTorch modules stay NCHW tensors in
+channels_last memory format, which is NHWC in memory, so moving in and out of the NHWC
+kernels is a free ``permute``. Between two packed layers that only need signs the tensor is
+the packed bits themselves: ``(N, H, W, ceil(C/32))`` int32 for convolutions, ``(...,
+ceil(K/32))`` for linear layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bnnkit.kernels.bitpack import num_words
+from bnnkit.kernels.weight_pack import pack_conv_weight, pack_linear_weight
+
+from . import ops  # noqa: F401  (registers torch.ops.bnnkit.*)
+
+INPUT_KINDS = ("binarize", "packed", "real")
+OUTPUT_KINDS = ("float", "packed")
+
+
+def _check_kinds(input_kind: str, output_kind: str) -> None:
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
+    if output_kind not in OUTPUT_KINDS:
+        raise ValueError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
+
+
+class PackedLayer(nn.Module):
+    """What packed conv and linear layers share: the epilogue buffers and the encodings.
+
+    Buffers: ``weight_bits`` (packed int32 words); ``epilogue`` ``(4, C_out)`` float32 rows
+    ``scale, bias, post_scale, post_bias`` (float outputs), or ``thresholds`` ``(2, C_out)``
+    int32 ``lo, hi`` (packed outputs: ``bit = lo <= acc <= hi``).
+    """
+
+    weight_bits: torch.Tensor
+    epilogue: torch.Tensor
+    thresholds: torch.Tensor
+
+    def _init_buffers(self, weight_bits: torch.Tensor, out_channels: int, input_kind: str, output_kind: str,
+                      relu: bool, residual: bool) -> None:
+        _check_kinds(input_kind, output_kind)
+        if output_kind == "packed" and residual:
+            raise ValueError("a packed output cannot take a residual (the threshold form is per channel)")
+        self.input_kind = input_kind
+        self.output_kind = output_kind
+        self.relu = bool(relu)
+        self.residual = bool(residual)
+        self.register_buffer("weight_bits", weight_bits.contiguous())
+        if output_kind == "packed":
+            self.register_buffer("thresholds", torch.zeros(2, out_channels, dtype=torch.int32))
+            self.register_buffer("epilogue", torch.zeros(0, out_channels), persistent=False)
+        else:
+            self.register_buffer("epilogue", torch.stack([torch.ones(out_channels), torch.zeros(out_channels),
+                                                          torch.ones(out_channels), torch.zeros(out_channels)]))
+            self.register_buffer("thresholds", torch.zeros(2, 0, dtype=torch.int32), persistent=False)
+
+    def _out_dtype(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:
+        if x.is_floating_point():
+            return x.dtype
+        if residual is not None:
+            return residual.dtype
+        return self.epilogue.dtype if self.epilogue.is_floating_point() else torch.float32
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if self.input_kind == "packed" and x.dtype != torch.int32:
+            raise TypeError(f"{type(self).__name__} expects packed int32 bits from the previous packed layer, "
+                            f"got {x.dtype}")
+        if self.input_kind != "packed" and not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} expects a float input, got {x.dtype}")
+
+    def encoding(self) -> dict:
+        """How this layer's tensors and activations are encoded (for the artifact manifest)."""
+        return {"input": self.input_kind, "output": self.output_kind, "relu": self.relu, "residual": self.residual}
+
+
+class PackedConv2d(PackedLayer):
+    """A binary convolution (zero padding) with its fused epilogue.
+
+    ``forward(x, residual=None)``: ``x`` is ``(N, C_in, H, W)`` float (NCHW; channels_last is
+    free) or, for ``input_kind="packed"``, ``(N, H, W, ceil(C_in/32))`` int32. Returns
+    ``(N, C_out, OH, OW)`` float in channels_last memory format, or ``(N, OH, OW,
+    ceil(C_out/32))`` int32 packed bits for ``output_kind="packed"``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int = 1,
+                 padding: int = 0, *, input_kind: str = "binarize", output_kind: str = "float", relu: bool = False,
+                 residual: bool = False) -> None:
+        super().__init__()
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = (int(kh), int(kw))
+        self.stride, self.padding = int(stride), int(padding)
+        words = torch.zeros(out_channels, kh, kw, num_words(in_channels), dtype=torch.int32)
+        self._init_buffers(words, out_channels, input_kind, output_kind, relu, residual)
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, stride: int, padding: int, **kinds) -> "PackedConv2d":
+        """Pack a float OIHW ``weight`` (signs only: ``w >= 0`` -> +1)."""
+        co, ci, kh, kw = weight.shape
+        layer = cls(ci, co, (kh, kw), stride, padding, **kinds)
+        layer.weight_bits.copy_(pack_conv_weight(weight.detach().float().cpu()))
+        return layer
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x)
+        if (residual is not None) != self.residual:
+            raise ValueError(f"this PackedConv2d was packed {'with' if self.residual else 'without'} a residual")
+        nhwc = x if self.input_kind == "packed" else x.permute(0, 2, 3, 1)
+        res = residual.permute(0, 2, 3, 1) if residual is not None else None
+        out = torch.ops.bnnkit.packed_conv2d(nhwc, self.weight_bits, self.epilogue, self.thresholds, res,
+                                             self.in_channels, self.stride, self.padding, self.input_kind == "real",
+                                             self.relu, self.output_kind, self._out_dtype(x, residual))
+        return out if self.output_kind == "packed" else out.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, input={self.input_kind}, output={self.output_kind}, relu={self.relu}, "
+                f"residual={self.residual}")
+
+
+class PackedLinear(PackedLayer):
+    """A binary linear layer with its fused epilogue.
+
+    ``forward(x, residual=None)``: ``x`` is ``(..., in_features)`` float or, for
+    ``input_kind="packed"``, ``(..., ceil(in_features/32))`` int32. Returns ``(...,
+    out_features)`` float, or ``(..., ceil(out_features/32))`` int32 for packed outputs.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, input_kind: str = "binarize",
+                 output_kind: str = "float", relu: bool = False, residual: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        words = torch.zeros(out_features, num_words(in_features), dtype=torch.int32)
+        self._init_buffers(words, out_features, input_kind, output_kind, relu, residual)
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, **kinds) -> "PackedLinear":
+        layer = cls(weight.shape[1], weight.shape[0], **kinds)
+        layer.weight_bits.copy_(pack_linear_weight(weight.detach().float().cpu()))
+        return layer
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x)
+        if (residual is not None) != self.residual:
+            raise ValueError(f"this PackedLinear was packed {'with' if self.residual else 'without'} a residual")
+        return torch.ops.bnnkit.packed_linear(x, self.weight_bits, self.epilogue, self.thresholds, residual,
+                                              self.in_features, self.input_kind == "real", self.relu,
+                                              self.output_kind, self._out_dtype(x, residual))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, input={self.input_kind}, output={self.output_kind}, "
+                f"relu={self.relu}, residual={self.residual}")

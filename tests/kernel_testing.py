@@ -1,0 +1,47 @@
+"""Shared helpers of the kernel tests: device choice, poisoned outputs, tolerances, readable diffs."""
+
+from __future__ import annotations
+
+import torch
+
+from bnnkit.kernels.bits import interpreting
+
+
+def kernel_device() -> str:
+    """Where the Triton kernels run in this session: CPU under the interpreter, else CUDA."""
+    return "cpu" if interpreting() else "cuda"
+
+
+def poisoned(shape: tuple[int, ...], dtype: torch.dtype, device: str) -> torch.Tensor:
+    """An output buffer full of garbage (NaN / 0x5A5A5A5A), so unwritten elements fail comparisons."""
+    if dtype.is_floating_point:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.full(shape, 0x5A5A5A5A if dtype == torch.int32 else 0x5A, dtype=dtype, device=device)
+
+
+def assert_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    """Exact equality (integers, signs, bits) with the first mismatches in the message."""
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    bad = (got != want).nonzero()
+    if len(bad):
+        idx = [tuple(i.tolist()) for i in bad[:5]]
+        pairs = ", ".join(f"{i}: {got[i].item()} vs {want[i].item()}" for i in idx)
+        raise AssertionError(f"{what}: {len(bad)} of {want.numel()} elements differ (got vs want) {pairs}")
+
+
+# Float outputs of the fused epilogue: the kernel computes y in float32 (GPU: with FMA), the
+# reference with separate multiply and add, so y differs by a few float32 ulps before the cast.
+FLOAT_OUT_TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float, what: str) -> None:
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    g, w = got.double(), want.double()
+    err = (g - w).abs()
+    bound = atol + rtol * w.abs()
+    bad = ~(err <= bound)
+    if bad.any():
+        i = tuple(bad.nonzero()[0].tolist())
+        raise AssertionError(f"{what}: {int(bad.sum())} of {w.numel()} outside rtol={rtol} atol={atol}; "
+                             f"first at {i}: {g[i].item()} vs {w[i].item()}")
