@@ -2,7 +2,9 @@
 
 - ``onnx/latency``: digits_mlp and resnet20 at batch 1 and 64: torch eager vs onnxruntime on
   the same model (CPU always; on a CUDA device, torch on CUDA vs the CUDA execution provider
-  when onnxruntime has it). onnxruntime gets as many threads as torch.
+  when onnxruntime has it). onnxruntime gets as many threads as torch. Two torch rows: the
+  trained model as it is (it binarizes its weights, mean |w| included, on every forward) and
+  its inference form with constant binary weights (what the ONNX graph computes).
 - ``onnx/weight_format``: the measurement behind the packed format of ``to_onnx`` (see
   :mod:`bnnkit.export.onnx_graph`): file size, session memory (RSS growth of a fresh process
   that opens the session and runs it once) and CPU latency of float weights, uint8 sign bits
@@ -76,15 +78,22 @@ def latency(ctx: BenchContext) -> list[dict]:
 
     provider = "CPUExecutionProvider" if ctx.device.type == "cpu" else "CUDAExecutionProvider"
     rows = []
+    from bnnkit.export.onnx_modules import inference_model
+
     for name in MODELS:
         model = _model(name).to(ctx.device)
+        constant_weights = inference_model(_model(name), packed=False).to(ctx.device)
         session = _session(_exported(name, True), provider) if provider in ort.get_available_providers() else None
         for batch in BATCHES:
             x = torch.randn(batch, *MODELS[name])
             xd = x.to(ctx.device)
             with torch.no_grad():
                 eager = time_fn(lambda: model(xd), ctx.device, ctx.quick)
+                inference = time_fn(lambda: constant_weights(xd), ctx.device, ctx.quick)
             rows.append(_row(name, batch, f"torch-eager-{ctx.device.type}", eager, threads=torch.get_num_threads()))
+            rows.append(_row(name, batch, f"torch-eager-inference-form-{ctx.device.type}", inference,
+                             speedup_vs_torch_eager=eager["median_ms"] / inference["median_ms"],
+                             threads=torch.get_num_threads()))
             if session is None:
                 continue
             feed = {session.get_inputs()[0].name: x.numpy()}
