@@ -100,9 +100,6 @@ def _root_cause(e: BaseException) -> str:
 
 
 def _export_graph(view: nn.Module, x: torch.Tensor, opset: int):
-    import onnx
-
-    from bnnkit.export import onnx_ops
     from bnnkit.export.onnx_graph import binarize_translation, expand_packed_signs, strip_metadata
 
     # torch.export specializes a dim whose example size is 1; trace with batch >= 2.
@@ -120,7 +117,6 @@ def _export_graph(view: nn.Module, x: torch.Tensor, opset: int):
     finally:
         set_emit_onnx_node(view, False)
     model = program.model_proto
-    assert onnx_ops.OPS_NAMESPACE  # the custom op module is imported (registers the op)
     expand_packed_signs(model)
     strip_metadata(model)
     return model
@@ -186,6 +182,9 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     except Exception as e:
         raise ValueError(f"the model fails on example_input of shape {tuple(x.shape)}: {type(e).__name__}: {e}; "
                          "pass an input the model accepts") from e
+    if verify and not isinstance(reference, torch.Tensor):
+        raise ValueError(f"verify=True compares one output tensor; the model returns {type(reference).__name__} "
+                         "(pass verify=False to export it unchecked)")
     graph = _export_graph(view, x, opset)
     if "Sign" in op_types(graph):
         raise OnnxExportError("the exported graph contains an ONNX Sign node (sign(0) = 0); a layer of the model "
