@@ -109,3 +109,13 @@ def test_compare_outputs_reports_the_first_disagreement():
     assert compare_outputs(ref, nan).first_disagreement == 0
     with pytest.raises(ValueError, match="differ in shape"):
         compare_outputs(ref, ref[:2])
+
+
+def test_demo_trains_exports_and_validates(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "where everything went" in out and str(tmp_path / "export" / "validation.json") in out
+    report = json.loads((tmp_path / "export" / "validation.json").read_text())
+    assert report["ok"] and report["samples"] == 450  # the whole digits test split
+    assert (tmp_path / "export" / "model.onnx").is_file()
+    assert (tmp_path / "export" / "trained" / "model.safetensors").is_file()
