@@ -101,7 +101,7 @@ def latency(ctx: BenchContext) -> list[dict]:
                                   reps=5 if ctx.quick else 20)
             rows.append(_row(name, batch, f"onnxruntime-{ctx.device.type}", ort_timing,
                              speedup_vs_torch_eager=eager["median_ms"] / ort_timing["median_ms"],
-                             onnxruntime=ort.__version__, threads=torch.get_num_threads()))
+                             threads=torch.get_num_threads()))
         _model(name).to("cpu")
     return rows
 
@@ -158,7 +158,7 @@ def _session_rss_mb(path: str) -> float | None:
 @case("onnx", "weight_format", devices=("cpu",))
 def weight_format(ctx: BenchContext) -> list[dict]:
     rows = []
-    for name in MODELS:
+    for name in ("resnet20",) if ctx.quick else tuple(MODELS):  # quick: the model the choice was made on
         fp32_bytes = 4 * sum(p.numel() for p in _model(name).parameters())
         variants = {"float": lambda: _exported(name, False), "bits": lambda: _exported(name, True),
                     "int2-dequantize": lambda: _int2_variant(name)}

@@ -61,11 +61,25 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "invalid choice: 'resnet50'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cmd", ["export", "bench"])
+@pytest.mark.parametrize("cmd", ["export"])
 def test_commands_of_later_issues_say_they_are_not_built(cmd, capsys):
     # Placeholders until their issues land; each issue replaces this test with real ones.
     assert main([cmd]) == 2
     assert "not built yet" in capsys.readouterr().err
+
+
+def test_bench_lists_suites_and_names_bad_choices(capsys):
+    # the quick CPU run itself is the smoke test in tests/benchmarks/test_bench_smoke.py
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "ceilings:" in out and "copy" in out and "quantize" in out
+    assert main(["bench", "--device", "cpu", "--suite", "quantise"]) == 2
+    assert "unknown benchmark suite 'quantise'; known: ceilings, quantize, train" in capsys.readouterr().err
+    assert main(["bench", "--device", "cpu", "--budget-s", "0"]) == 2
+    assert "--budget-s must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--device", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point():

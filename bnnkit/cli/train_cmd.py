@@ -33,7 +33,9 @@ def add_parser(subparsers) -> None:
         description="Train a zoo model with the ReSTE recipe of the paper (SGD with momentum, cosine learning "
                     "rate with optional linear warm-up, cosine o schedule). Writes DIR/metrics.jsonl, "
                     "DIR/model.safetensors (best test accuracy), DIR/config.json and a checkpoint for --resume. "
-                    f"Per-dataset defaults: {_defaults_text()}.",
+                    f"Per-dataset defaults: {_defaults_text()}. "
+                    "Under torchrun (torchrun --nproc_per_node N -m bnnkit train ...) every process trains "
+                    "data-parallel with DistributedDataParallel and rank 0 writes the run.",
     )
     p.add_argument("--model", default=None, choices=list_models(), metavar="NAME",
                    help=f"zoo model ({', '.join(list_models())}); default digits_mlp")
@@ -44,7 +46,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR-10 into --data-dir")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: per dataset)")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: per dataset)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="training batch size (default: per dataset); under torchrun the global batch, split "
+                        "evenly across the processes (so it must be a multiple of their number)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of SGD (default 0.1)")
     p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", type=float, default=None, help="weight decay on all parameters (default 1e-4)")
@@ -64,6 +68,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--workers", type=int, default=None, help="data loader worker processes (default 0)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun on several GPUs: BatchNorm statistics over the global batch "
+                        "(SyncBatchNorm) instead of each GPU's share; needs CUDA; no effect in one process "
+                        "(default off; may change on --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out after its last finished epoch (same options)")
@@ -77,7 +85,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     names = {"model": "model", "dataset": "dataset", "data_dir": "data_dir", "download": "download",
              "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
              "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "o_end": "o_end", "t": "t",
-             "seed": "seed", "device": "device", "workers": "workers"}
+             "seed": "seed", "device": "device", "workers": "workers", "sync_bn": "sync_bn"}
     for arg, field in names.items():
         value = getattr(args, arg)
         if value is not None:
@@ -102,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
         base = TrainConfig.from_json(read_json(f"{args.out}/config.json", "run config")["train"])
     result = train(config_from_args(args, base), resume=args.resume)
+    if result.rank != 0:
+        return 0
     print(f"best test accuracy {result.best_test_acc:.4f} (epoch {result.best_epoch + 1}); "
           f"model: {result.run_dir}/model.safetensors, metrics: {result.run_dir}/metrics.jsonl")
     return 0

@@ -17,18 +17,28 @@ from bnnkit.models.registry import register_model
 
 
 class BasicBlock1w1a(nn.Module):
-    """``out = bn2(relu(conv2(bn1(relu(conv1(x)))))) + shortcut(x)``; option-A shortcut on change."""
+    """``out = bn2(relu(conv2(bn1(relu(conv1(x)))))) + shortcut(x)``.
+
+    Where the shape changes the shortcut is option A (``PadChannelsShortcut``, ResNet-20) or
+    option B (full-precision 1x1 conv + BN, ResNet-18), as in the reference code.
+    """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, *, estimator: Estimator = "reste",
-                 a32: bool = False, scale: str = "tensor") -> None:
+                 a32: bool = False, scale: str = "tensor", option: str = "A") -> None:
         super().__init__()
         self.conv1 = binary_conv3x3(in_planes, planes, stride, estimator, a32, scale)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = binary_conv3x3(planes, planes, 1, estimator, a32, scale)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Identity()
+        self.shortcut: nn.Module = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = PadChannelsShortcut(planes // 4)
+            if option == "A":
+                self.shortcut = PadChannelsShortcut(planes // 4)
+            elif option == "B":
+                self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                              nn.BatchNorm2d(planes))
+            else:
+                raise ValueError(f"shortcut option must be 'A' or 'B', got {option!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(F.relu(self.conv1(x)))
@@ -44,25 +54,11 @@ class BiRealBlock1w1a(BasicBlock1w1a):
         return self.bn2(F.relu(self.conv2(out))) + out
 
 
-class DownsampleBlock1w1a(nn.Module):
-    """ResNet-18 (CIFAR) block: full-precision 1x1 conv + BN shortcut where the shape changes."""
+class DownsampleBlock1w1a(BasicBlock1w1a):
+    """ResNet-18 (CIFAR) block: the basic block with option-B shortcuts (FP 1x1 conv + BN)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, *, estimator: Estimator = "reste",
-                 a32: bool = False, scale: str = "tensor") -> None:
-        super().__init__()
-        self.conv1 = binary_conv3x3(in_planes, planes, stride, estimator, a32, scale)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = binary_conv3x3(planes, planes, 1, estimator, a32, scale)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(planes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn1(F.relu(self.conv1(x)))
-        out = self.bn2(F.relu(self.conv2(out)))
-        return out + self.shortcut(x)
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, **kwargs) -> None:
+        super().__init__(in_planes, planes, stride, option="B", **kwargs)
 
 
 class ResNetCifar(nn.Module):

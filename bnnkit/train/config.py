@@ -32,6 +32,9 @@ class TrainConfig:
 
     ``epochs``, ``batch_size`` and ``warmup_epochs`` left as ``None`` take the dataset's
     defaults (:data:`DATASET_DEFAULTS`); ``dataset=None`` takes the model's own dataset.
+    ``batch_size`` is the global batch: under torchrun each of N processes takes
+    ``batch_size / N`` samples per step. ``sync_bn`` turns BatchNorm into SyncBatchNorm when
+    training on several GPUs (batch statistics over the global batch).
     """
 
     model: str = "digits_mlp"
@@ -52,6 +55,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     progress: bool = True
+    sync_bn: bool = False
 
     def resolved(self) -> TrainConfig:
         """A copy with dataset defaults filled in and values checked."""

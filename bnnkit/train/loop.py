@@ -3,6 +3,9 @@
 Every epoch is a pure function of (seed, epoch, state at its start): the shuffling order and
 the random augmentations are seeded from ``(seed, epoch)``, so ``--resume`` from the
 checkpoint of epoch e continues exactly as the uninterrupted run would have.
+
+Under torchrun the same loop runs data-parallel (see :mod:`bnnkit.train.distributed`):
+``batch_size`` is the global batch, metrics are summed over processes, rank 0 writes the run.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from bnnkit.data import DatasetSplits, load_dataset, make_loader
 from bnnkit.nn.layers import binary_layers
 from bnnkit.schedule import OSchedule
 from bnnkit.train import checkpoint as ckpt
+from bnnkit.train import distributed
 from bnnkit.train.config import TrainConfig, lr_at
+from bnnkit.train.distributed import DistributedContext
 from bnnkit.train.indicators import estimating_error, gradient_stability
 
 
@@ -34,6 +39,8 @@ class TrainResult:
     best_epoch: int
     epochs: int
     metrics: list[dict[str, Any]]
+    rank: int = 0
+    world_size: int = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,8 +72,10 @@ def build_model(config: TrainConfig, splits: DatasetSplits) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
-    """``(mean cross-entropy, top-1 accuracy in [0, 1])`` of ``model`` in eval mode."""
+def evaluate(model: nn.Module, loader, device: torch.device,
+             context: DistributedContext | None = None) -> tuple[float, float]:
+    """``(mean cross-entropy, top-1 accuracy in [0, 1])`` of ``model`` in eval mode; with a
+    distributed ``context`` each process passes its share of the set and gets the totals."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in loader:
@@ -75,13 +84,17 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
         loss_sum += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(dim=1) == y).sum().item()
         count += y.numel()
+    if context is not None:
+        loss_sum, correct, count = context.sum([loss_sum, correct, count])
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
-                    o_end: float, progress: bool, desc: str) -> dict[str, float]:
+                    o_end: float, progress: bool, desc: str,
+                    context: DistributedContext | None = None) -> dict[str, float]:
     """One pass over ``loader``; indicators are taken at the last iteration (after its step),
-    as the reference code logs them."""
+    as the reference code logs them. With a distributed ``context`` loss and accuracy are
+    over the samples of all processes (the indicators are the same on every process)."""
     model.train()
     loss_sum, correct, count = 0.0, 0, 0
     indicators = {"estimating_error": float("nan"), "gradient_stability": float("nan")}
@@ -99,6 +112,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if i == n - 1:
             indicators = {"estimating_error": estimating_error(model, o_end),
                           "gradient_stability": gradient_stability(model)}
+    if context is not None:
+        loss_sum, correct, count = context.sum([loss_sum, correct, count])
     return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1), **indicators}
 
 
@@ -113,7 +128,7 @@ def _read_metrics(path: str, before_epoch: int) -> list[dict[str, Any]]:
 def _check_resume_config(saved: dict[str, Any], config: TrainConfig) -> TrainConfig:
     saved_cfg = TrainConfig.from_json(saved["train"])
     mine = config.to_json()
-    ignore = {"progress", "workers", "device", "data_dir", "download"}
+    ignore = {"progress", "workers", "device", "data_dir", "download", "sync_bn"}
     diffs = {k: (v, mine[k]) for k, v in saved_cfg.to_json().items() if k not in ignore and mine[k] != v}
     if diffs:
         listed = ", ".join(f"{k}: run has {a!r}, asked {b!r}" for k, (a, b) in diffs.items())
@@ -125,30 +140,54 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResul
     """Train ``config.model`` on ``config.dataset``; writes the run directory ``config.out``.
 
     With ``resume=True`` the run continues after its last finished epoch; the options must be
-    those the run was started with (device, workers, data_dir and progress may change).
+    those the run was started with (device, workers, data_dir, progress and sync_bn may
+    change, and so may the number of processes).
+
+    Under torchrun (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` set) every process calls this and
+    trains data-parallel: ``config.batch_size`` is the global batch; only rank 0 writes the
+    run directory, logs and shows progress; each process returns the same metrics.
     """
     config = config.resolved()
+    with distributed.setup(resolve_device(config.device)) as context:
+        return _train(config, context, resume, log if context.is_main else _silent)
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def _train(config: TrainConfig, context: DistributedContext, resume: bool, log) -> TrainResult:
     run_dir = config.out
-    device = resolve_device(config.device)
+    device = context.device
+    main = context.is_main
+    batch_size = context.local_batch_size(config.batch_size)
     if resume:
         saved = ckpt.read_json(os.path.join(run_dir, ckpt.CONFIG_FILE), "run config")
         config = _check_resume_config(saved, config)
     elif os.path.exists(os.path.join(run_dir, ckpt.CHECKPOINT_STATE_FILE)):
         raise FileExistsError(f"{run_dir!r} already holds a training run; pass --resume to continue it "
                               "or choose another --out")
-    os.makedirs(run_dir, exist_ok=True)
+    if main:
+        os.makedirs(run_dir, exist_ok=True)
 
-    splits = load_dataset(config.dataset, config.data_dir, download=config.download,
-                          input_shape=models.model_info(config.model).input_shape,
-                          num_classes=models.model_info(config.model).num_classes)
+    info = models.model_info(config.model)
+
+    def load() -> DatasetSplits:
+        return load_dataset(config.dataset, config.data_dir, download=config.download,
+                            input_shape=info.input_shape, num_classes=info.num_classes)
+
+    splits = context.in_turn(load) if config.download else load()  # one download per file system
     torch.manual_seed(config.seed)
-    model = build_model(config, splits).to(device)
+    model = build_model(config, splits)
+    if config.sync_bn:
+        model = context.convert_sync_batchnorm(model)
+    model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     schedule = OSchedule(model, config.epochs, o_end=config.o_end)
     pin = device.type == "cuda"
-    test_loader = make_loader(splits.test, max(config.batch_size, 256), shuffle=False, workers=config.workers,
-                              pin_memory=pin)
+    test_loader = make_loader(splits.test, max(batch_size, 256), shuffle=False, workers=config.workers,
+                              sampler=distributed.eval_sampler(len(splits.test), context), pin_memory=pin)
 
     start_epoch, best = 0, {"test_acc": -1.0, "epoch": -1}
     metrics_path = os.path.join(run_dir, ckpt.METRICS_FILE)
@@ -158,35 +197,44 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResul
         best = progress_state["best"]
         log(f"resuming {run_dir} after epoch {progress_state['epoch']} (best test acc {best['test_acc']:.4f})")
     history = _read_metrics(metrics_path, start_epoch)
-    with open(metrics_path, "w") as f:  # drop lines of epochs that did not reach a checkpoint
-        f.writelines(json.dumps(r) + "\n" for r in history)
+    context.barrier()  # every process has read the files before rank 0 rewrites them
+    if main:
+        with open(metrics_path, "w") as f:  # drop lines of epochs that did not reach a checkpoint
+            f.writelines(json.dumps(r) + "\n" for r in history)
 
+    train_model = context.wrap(model)
+    progress = config.progress and main
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
-                      disable=not config.progress, initial=start_epoch, total=config.epochs)
+                      disable=not progress, initial=start_epoch, total=config.epochs)
     for epoch in epochs_bar:
         started = time.perf_counter()
-        torch.manual_seed(epoch_seed(config.seed, epoch))
+        torch.manual_seed(context.rank_seed(epoch_seed(config.seed, epoch)))
         lr = lr_at(epoch, config.epochs, config.lr, config.warmup_epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
         o = schedule.step(epoch)
-        train_loader = make_loader(splits.train, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch),
+        sampler = distributed.train_sampler(splits.train, epoch_seed(config.seed, 0), epoch, context)
+        train_loader = make_loader(splits.train, batch_size, shuffle=True, sampler=sampler,
                                    workers=config.workers, pin_memory=pin)
-        stats = train_one_epoch(model, train_loader, optimizer, device, config.o_end, config.progress,
-                                desc=f"epoch {epoch + 1}/{config.epochs}")
-        test_loss, test_acc = evaluate(model, test_loader, device)
+        stats = train_one_epoch(train_model, train_loader, optimizer, device, config.o_end, progress,
+                                desc=f"epoch {epoch + 1}/{config.epochs}", context=context)
+        context.sync_buffers(model)
+        test_loss, test_acc = evaluate(model, test_loader, device, context)
         row = {"epoch": epoch, "lr": lr, "o": o, **stats, "test_loss": test_loss, "test_acc": test_acc,
-               "time_s": time.perf_counter() - started}
+               "time_s": time.perf_counter() - started, "world_size": context.world_size}
         if test_acc > best["test_acc"]:
             best = {"test_acc": test_acc, "epoch": epoch}
-            ckpt.save_best(run_dir, model, ckpt.run_config(config, splits.input_shape, splits.num_classes, best))
+            if main:
+                ckpt.save_best(run_dir, model, ckpt.run_config(config, splits.input_shape, splits.num_classes, best))
         row["best_test_acc"] = best["test_acc"]
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        ckpt.save_checkpoint(run_dir, model, optimizer, {"epoch": epoch, "best": best})
+        if main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            ckpt.save_checkpoint(run_dir, model, optimizer, {"epoch": epoch, "best": best})
         history.append(row)
         epochs_bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
                                best=f"{best['test_acc']:.4f}")
     epochs_bar.close()
     log(f"best test accuracy {best['test_acc']:.4f} at epoch {best['epoch'] + 1}/{config.epochs}; run in {run_dir}")
-    return TrainResult(run_dir, best["test_acc"], best["epoch"], config.epochs, history)
+    return TrainResult(run_dir, best["test_acc"], best["epoch"], config.epochs, history,
+                       context.rank, context.world_size)
