@@ -90,18 +90,16 @@ def latency(ctx: BenchContext) -> list[dict]:
             with torch.no_grad():
                 eager = time_fn(lambda: model(xd), ctx.device, ctx.quick)
                 inference = time_fn(lambda: constant_weights(xd), ctx.device, ctx.quick)
-            rows.append(_row(name, batch, f"torch-eager-{ctx.device.type}", eager, threads=torch.get_num_threads()))
-            rows.append(_row(name, batch, f"torch-eager-inference-form-{ctx.device.type}", inference,
-                             speedup_vs_torch_eager=eager["median_ms"] / inference["median_ms"],
-                             threads=torch.get_num_threads()))
+            rows.append(_row(name, batch, "torch_eager", eager))
+            rows.append(_row(name, batch, "torch_eager_inference_form", inference,
+                             speedup_vs_torch_eager=eager["median_ms"] / inference["median_ms"]))
             if session is None:
                 continue
             feed = {session.get_inputs()[0].name: x.numpy()}
             ort_timing = time_cpu(lambda: session.run(None, feed), warmup=1 if ctx.quick else 3,
                                   reps=5 if ctx.quick else 20)
-            rows.append(_row(name, batch, f"onnxruntime-{ctx.device.type}", ort_timing,
-                             speedup_vs_torch_eager=eager["median_ms"] / ort_timing["median_ms"],
-                             threads=torch.get_num_threads()))
+            rows.append(_row(name, batch, "onnxruntime", ort_timing, provider=provider,
+                             speedup_vs_torch_eager=eager["median_ms"] / ort_timing["median_ms"]))
         _model(name).to("cpu")
     return rows
 
@@ -160,8 +158,8 @@ def weight_format(ctx: BenchContext) -> list[dict]:
     rows = []
     for name in ("resnet20",) if ctx.quick else tuple(MODELS):  # quick: the model the choice was made on
         fp32_bytes = 4 * sum(p.numel() for p in _model(name).parameters())
-        variants = {"float": lambda: _exported(name, False), "bits": lambda: _exported(name, True),
-                    "int2-dequantize": lambda: _int2_variant(name)}
+        variants = {"float_weights": lambda: _exported(name, False), "sign_bits": lambda: _exported(name, True),
+                    "int2_dequantize": lambda: _int2_variant(name)}
         for variant, make in variants.items():
             try:
                 path = make()
@@ -206,34 +204,38 @@ def matmul_nbits(ctx: BenchContext) -> list[dict]:
     from onnx import TensorProto, helper, numpy_helper
 
     k = n = 2048
-    rows = []
-    float_path = os.path.join(_workdir(), "matmul-float.onnx")
-    w = None
+    reps = 5 if ctx.quick else 20
+    inputs = {m: np.random.default_rng(1).standard_normal((m, k)).astype(np.float32) for m in BATCHES}
+    quantized = {}
     for label, onnx_type in (("int2", TensorProto.INT2), ("int4", TensorProto.INT4)):
         path = os.path.join(_workdir(), f"matmul-{label}.onnx")
-        w = _nbits_graph(k, n, onnx_type, 32, path)
-        for level in ("0", "4"):
-            try:
-                session = _session(path, extra={"session.qdq_matmulnbits_accuracy_level": level})
-            except Exception as e:
-                rows.append({"case": "matmul", "shape": [k, n], "dtype": label, "impl": f"dq-{label}",
-                             "error": f"{type(e).__name__}: {e}"})
-                continue
-            for m in BATCHES:
-                x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
-                err = float(np.abs(session.run(None, {"x": x})[0] - x @ w).max())
-                timing = time_cpu(lambda: session.run(None, {"x": x}), warmup=1, reps=5 if ctx.quick else 20)
-                rows.append({"case": "matmul", "shape": [m, k, n], "dtype": f"{label} weights",
-                             "impl": f"matmulnbits-accuracy-{level}", "max_abs_diff": err, **timing})
+        quantized[label] = (path, _nbits_graph(k, n, onnx_type, 32, path))
+    w = quantized["int2"][1]
+    float_path = os.path.join(_workdir(), "matmul-float.onnx")
     g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "float",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
                           [numpy_helper.from_array(w, "w")])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), float_path)
     session = _session(float_path)
-    for m in BATCHES:
-        x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
-        timing = time_cpu(lambda: session.run(None, {"x": x}), warmup=1, reps=5 if ctx.quick else 20)
-        rows.append({"case": "matmul", "shape": [m, k, n], "dtype": "float32 weights", "impl": "matmul-float",
+    rows, float_ms = [], {}
+    for m, x in inputs.items():
+        timing = time_cpu(lambda: session.run(None, {"x": x}), warmup=1, reps=reps)
+        float_ms[m] = timing["median_ms"]
+        rows.append({"case": "matmul", "shape": [m, k, n], "dtype": "float32 weights", "impl": "matmul_float",
                      "max_abs_diff": float(np.abs(session.run(None, {"x": x})[0] - x @ w).max()), **timing})
+    for label, (path, _) in quantized.items():
+        for level in ("0", "4"):
+            try:
+                session = _session(path, extra={"session.qdq_matmulnbits_accuracy_level": level})
+            except Exception as e:  # e.g. an onnxruntime without INT2 support
+                rows.append({"case": "matmul", "shape": [k, n], "dtype": f"{label} weights",
+                             "impl": f"matmulnbits_accuracy_{level}", "error": f"{type(e).__name__}: {e}"})
+                continue
+            for m, x in inputs.items():
+                err = float(np.abs(session.run(None, {"x": x})[0] - x @ w).max())
+                timing = time_cpu(lambda: session.run(None, {"x": x}), warmup=1, reps=reps)
+                rows.append({"case": "matmul", "shape": [m, k, n], "dtype": f"{label} weights",
+                             "impl": f"matmulnbits_accuracy_{level}", "max_abs_diff": err, **timing,
+                             "speedup_vs_matmul_float": float_ms[m] / timing["median_ms"]})
     return rows
