@@ -60,12 +60,28 @@ def check_estimator(estimator: Estimator | None, *, allow_none: bool = False, wh
     raise TypeError(f"{what} must be a name ({', '.join(ESTIMATORS)}) or a callable, got {type(estimator).__name__}")
 
 
-def check_estimator_params(kind: EstimatorKind, o: float, t: float) -> None:
+def check_o(o: float) -> float:
+    """``o`` as a float after checking ReSTE's condition (finite, >= 1)."""
+    if isinstance(o, bool) or not (isinstance(o, (int, float)) and math.isfinite(o) and o >= 1.0):
+        raise ValueError(f"ReSTE needs a finite o >= 1 (o = 1 is the clipped STE), got o={o!r}")
+    return float(o)
+
+
+def check_estimator_params(kind: EstimatorKind, o: float | torch.Tensor, t: float) -> None:
     """Validate the parameters an estimator uses: ReSTE needs o >= 1 and t > m = 0.1;
-    the clipped STE needs t > 0."""
+    the clipped STE needs t > 0.
+
+    ``o`` may also be a 0-d floating-point tensor (what the binary layers pass, so that
+    torch.compile does not recompile when o changes); only its shape and dtype are checked
+    here, since reading its value would break compiled graphs. Its value is checked where it
+    is set (:attr:`bnnkit.nn.BinaryLayer.o`)."""
     if kind == EstimatorKind.RESTE:
-        if not (isinstance(o, (int, float)) and math.isfinite(o) and o >= 1.0):
-            raise ValueError(f"ReSTE needs a finite o >= 1 (o = 1 is the clipped STE), got o={o!r}")
+        if isinstance(o, torch.Tensor):
+            if o.dim() != 0 or not o.is_floating_point():
+                raise ValueError(f"o must be a float or a 0-d floating-point tensor, got a tensor of shape "
+                                 f"{tuple(o.shape)} and dtype {o.dtype}")
+        else:
+            check_o(o)
         if not (isinstance(t, (int, float)) and math.isfinite(t) and t > RESTE_M):
             raise ValueError(f"ReSTE needs a finite clipping threshold t > {RESTE_M} (the rectified interval), got t={t!r}")
     elif kind == EstimatorKind.CLIPPED_STE:

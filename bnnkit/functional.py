@@ -28,9 +28,12 @@ def binarize(x: torch.Tensor) -> torch.Tensor:
     return binarize_reference(x)
 
 
-def sign_estimator(x: torch.Tensor, estimator: Estimator = "reste", o: float = 1.0, t: float = 1.5) -> torch.Tensor:
+def sign_estimator(x: torch.Tensor, estimator: Estimator = "reste", o: float | torch.Tensor = 1.0,
+                   t: float = 1.5) -> torch.Tensor:
     """Binarize ``x`` with ``estimator`` (a name from :data:`bnnkit.estimators.ESTIMATORS` or a
-    callable ``f(x) -> Tensor``); ``o`` and ``t`` parameterize the named estimators that use them."""
+    callable ``f(x) -> Tensor``); ``o`` and ``t`` parameterize the named estimators that use them.
+    ``o`` may be a 0-d tensor (keeps torch.compile from recompiling when it changes; see
+    :mod:`bnnkit.ops`)."""
     check_estimator(estimator)
     if callable(estimator):
         return estimator(x)
@@ -40,7 +43,7 @@ def sign_estimator(x: torch.Tensor, estimator: Estimator = "reste", o: float = 1
     return ops.sign_estimate(x, kind, o, t)
 
 
-def reste_sign(x: torch.Tensor, o: float, t: float = 1.5) -> torch.Tensor:
+def reste_sign(x: torch.Tensor, o: float | torch.Tensor, t: float = 1.5) -> torch.Tensor:
     """ReSTE (Wu et al., ICCV 2023): forward ``binarize(x)``; backward ``g(x) * grad`` with
 
     - ``g = m^(1/o) / m`` for ``|x| <= m = 0.1`` (rectified: the secant slope of ``|x|^(1/o)`` on [0, m]),
@@ -68,7 +71,8 @@ def approx_sign(x: torch.Tensor) -> torch.Tensor:
 
 
 def binarize_weight(
-    w: torch.Tensor, scale: str = "tensor", estimator: Estimator = "reste", o: float = 1.0, t: float = 1.5
+    w: torch.Tensor, scale: str = "tensor", estimator: Estimator = "reste", o: float | torch.Tensor = 1.0,
+    t: float = 1.5,
 ) -> torch.Tensor:
     """Binary weight ``alpha * est(w)``; dim 0 of ``w`` is the output channel.
 

@@ -132,12 +132,15 @@ def compile_for_gpu(
     arch: int = 90,
     num_warps: int = 4,
     num_stages: int = 3,
+    divisible_by_16: tuple[str, ...] = (),
 ) -> GpuCompileReport:
     """Compile ``fn`` (a ``@triton.jit`` function) for ``sm_<arch>`` and report on the result.
 
     ``signature`` maps every parameter to a Triton type (``"*fp32"``, ``"*i32"``, ``"i64"``,
-    ``"fp32"``, ``"constexpr"``); ``constexprs`` gives the constexpr values. Raises on any
-    compile error, with Triton's message.
+    ``"fp32"``, ``"constexpr"``); ``constexprs`` gives the constexpr values.
+    ``divisible_by_16`` names pointer / integer parameters to compile as 16-aligned / divisible
+    by 16, as Triton's launcher specializes them at run time for aligned tensors (that is what
+    lets loads vectorize). Raises on any compile error, with Triton's message.
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -145,8 +148,9 @@ def compile_for_gpu(
 
     constexprs = dict(constexprs or {})
     if _is_interpreted(fn):
-        return _compile_in_subprocess(fn, signature, constexprs, arch, num_warps, num_stages)
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        return _compile_in_subprocess(fn, signature, constexprs, arch, num_warps, num_stages, divisible_by_16)
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible_by_16}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(
         src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages}
     )
@@ -206,15 +210,17 @@ class CompileRequest:
     arch: int = 90
     num_warps: int = 4
     num_stages: int = 3
+    divisible_by_16: tuple[str, ...] = ()
 
 
 def compile_many(requests: list[CompileRequest]) -> list[GpuCompileReport]:
     """Compile several kernels; under the interpreter in one subprocess (startup costs seconds)."""
     if not any(_is_interpreted(r.fn) for r in requests):
         return [compile_for_gpu(r.fn, r.signature, r.constexprs, arch=r.arch, num_warps=r.num_warps,
-                                num_stages=r.num_stages) for r in requests]
+                                num_stages=r.num_stages, divisible_by_16=tuple(r.divisible_by_16)) for r in requests]
     payload = [{"location": _kernel_location(r.fn), "signature": r.signature, "constexprs": r.constexprs,
-                "arch": r.arch, "num_warps": r.num_warps, "num_stages": r.num_stages} for r in requests]
+                "arch": r.arch, "num_warps": r.num_warps, "num_stages": r.num_stages,
+                "divisible_by_16": list(r.divisible_by_16)} for r in requests]
     env = dict(os.environ, TRITON_INTERPRET="0")
     out = subprocess.run([sys.executable, "-m", "bnnkit.kernels.compile_check"], input=json.dumps(payload),
                          capture_output=True, text=True, env=env)
@@ -229,8 +235,8 @@ def compile_many(requests: list[CompileRequest]) -> list[GpuCompileReport]:
 
 
 def _compile_in_subprocess(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], arch: int,
-                           num_warps: int, num_stages: int) -> GpuCompileReport:
-    return compile_many([CompileRequest(fn, signature, constexprs, arch, num_warps, num_stages)])[0]
+                           num_warps: int, num_stages: int, divisible_by_16: tuple[str, ...] = ()) -> GpuCompileReport:
+    return compile_many([CompileRequest(fn, signature, constexprs, arch, num_warps, num_stages, divisible_by_16)])[0]
 
 
 def _main() -> None:
@@ -238,7 +244,8 @@ def _main() -> None:
     for request in json.loads(sys.stdin.read()):
         report = compile_for_gpu(_load_kernel(request["location"]), request["signature"], request["constexprs"],
                                  arch=request["arch"], num_warps=request["num_warps"],
-                                 num_stages=request["num_stages"])
+                                 num_stages=request["num_stages"],
+                                 divisible_by_16=tuple(request.get("divisible_by_16", ())))
         fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
         fields["sass_ops"] = dict(report.sass_ops)
         out.append(fields)

@@ -15,13 +15,28 @@ RESTE         m^(1/o) / m for |x| <= m;  (1/o)|x|^((1-o)/o) for m < |x| <= t;  0
 
 The slope is computed in float32 for half-precision inputs (float64 stays float64), and
 ``grad_in = (g * grad_out)`` is returned in ``x``'s dtype.
+
+:func:`sign_grad_reference` defines the backward (and is the CPU fallback);
+:func:`sign_grad` is the Triton kernel family (one ``KIND`` constexpr per estimator).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 
 import torch
+import triton
+import triton.language as tl
+
+from .bits import interpreting
+from .elementwise import (
+    check_kernel_tensor,
+    check_same_shape_device,
+    empty_like_layout,
+    needs_int64_index,
+    shared_dense_layout,
+)
 
 RESTE_M = 0.1
 """Half-width of ReSTE's rectified interval around 0 (the reference code's ``interval``)."""
@@ -66,3 +81,114 @@ def sign_grad_reference(
     """``grad_in = g(x) * grad_out`` for estimator ``kind``; same shape and dtype as ``x``."""
     g = estimator_slope_reference(x, kind, o, t)
     return (g * grad_out.to(g.dtype)).to(x.dtype)
+
+
+SIGN_GRAD_BLOCK = 4096
+SIGN_GRAD_WARPS = 8
+
+
+def estimator_kind(kind: int | EstimatorKind) -> EstimatorKind:
+    """``kind`` as an :class:`EstimatorKind`; a ``ValueError`` naming the valid codes otherwise."""
+    try:
+        return EstimatorKind(kind)
+    except ValueError:
+        valid = ", ".join(f"{k.value} ({k.name})" for k in EstimatorKind)
+        raise ValueError(f"unknown estimator kind {kind!r}; expected one of {valid}") from None
+
+
+def estimator_constants(kind: int, o: float, t: float) -> tuple[float, float, float, float, float]:
+    """Host-side constants of the slope kernels: ``(rectified, coef, exponent, t, m)``.
+
+    ``rectified = m^(1/o) / m`` (ReSTE's slope for ``|x| <= m``), ``coef = 1/o`` and
+    ``exponent = (1-o)/o`` (``coef * |x|^exponent`` for ``m < |x| <= t``). Computed in float64
+    here and rounded to float32 at launch, as the reference rounds them when it meets
+    float32 tensors. Raises ``ValueError`` for ``o`` or ``t`` that are not finite numbers > 0.
+    """
+    kind = estimator_kind(kind)
+    o, t = float(o), float(t)
+    if not (math.isfinite(o) and o > 0):
+        raise ValueError(f"estimator parameter o must be a finite number > 0 (ReSTE uses o >= 1), got {o}")
+    if not (t > 0):  # NaN fails too; t = inf (no clipping) is allowed
+        raise ValueError(f"estimator parameter t must be > 0 (the clipping threshold), got {t}")
+    return RESTE_M ** (1.0 / o) / RESTE_M, 1.0 / o, (1.0 - o) / o, t, RESTE_M
+
+
+@triton.jit
+def estimator_slope(x, rectified, coef, exponent, t, m, KIND: tl.constexpr, INTERPRET: tl.constexpr):
+    """The slope ``g(x)`` of estimator ``KIND`` in float32 (see the table in the module docstring).
+
+    NaN lands in no ``<=`` branch: slope 0, or 1 for STE. ``|x|^exponent`` is
+    ``exp2(exponent * log2|x|)`` with ``|x|`` clamped to ``[m, t]`` first: lanes outside take
+    another branch anyway, and log2 never sees 0 or inf (no inf * 0 = NaN to mask). On the
+    GPU log2 is the hardware approximation (MUFU.LG2, like exp2): ``tl.log2`` is libdevice's
+    accurate log2f, ~25 instructions an element, too many for a kernel that should be
+    memory-bound in bf16. ``INTERPRET`` selects ``tl.log2`` (the interpreter has no libdevice).
+    """
+    a = tl.abs(x.to(tl.float32))
+    if KIND == 0:  # STE
+        g = tl.full(a.shape, 1.0, tl.float32)
+    elif KIND == 1:  # CLIPPED_STE
+        g = tl.where(a <= t, 1.0, 0.0)
+    elif KIND == 2:  # APPROX_SIGN
+        g = tl.where(a <= 1.0, 2.0 - 2.0 * tl.minimum(a, 1.0), 0.0)  # clamped: no overflow off-branch
+    else:  # RESTE
+        a_in = tl.minimum(tl.maximum(a, m), t)
+        if INTERPRET:
+            log2_a = tl.log2(a_in)
+        else:
+            log2_a = tl.extra.cuda.libdevice.fast_log2f(a_in)
+        power = coef * tl.exp2(exponent * log2_a)
+        g = tl.where(a <= t, tl.where(a <= m, rectified, power), 0.0)  # the reference's order (matters if t < m)
+    return g
+
+
+@triton.jit
+def _sign_grad_kernel(
+    x_ptr, grad_out_ptr, grad_in_ptr, n, rectified, coef, exponent, t, m,
+    KIND: tl.constexpr, BLOCK: tl.constexpr, INDEX_64: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """``grad_in[i] = g(x[i]) * grad_out[i]`` over ``n`` elements, in ``grad_in``'s dtype."""
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask)
+    grad_out = tl.load(grad_out_ptr + offs, mask=mask).to(tl.float32)
+    g = estimator_slope(x, rectified, coef, exponent, t, m, KIND, INTERPRET)
+    tl.store(grad_in_ptr + offs, (g * grad_out).to(grad_in_ptr.dtype.element_ty), mask=mask)
+
+
+def sign_grad(x: torch.Tensor, grad_out: torch.Tensor, kind: int, o: float = 1.0, t: float = 1.5) -> torch.Tensor:
+    """Triton :func:`sign_grad_reference`: ``grad_in = g(x) * grad_out`` for estimator ``kind``.
+
+    Args:
+        x: the binarized input saved by the forward; fp16, bf16 or fp32, any shape.
+        grad_out: gradient of the ±1 output; same shape and device as ``x``, fp16/bf16/fp32.
+        kind: an :class:`EstimatorKind` (or its int code); ``o``, ``t``: ReSTE's power and
+            clipping threshold (``t`` also clips CLIPPED_STE).
+
+    Returns:
+        ``grad_in`` with ``x``'s shape and dtype. The slope and the product are computed in
+        float32 and rounded once. NaN in ``x`` gives slope 0 (1 for STE), so ``grad_in`` is
+        0 (``grad_out`` for STE) there. When ``x`` and ``grad_out`` share a dense layout
+        (contiguous, channels_last, ...) they are read in place and ``grad_in`` gets that
+        layout; otherwise both are copied to contiguous memory first.
+    """
+    check_kernel_tensor(x, "x", "sign_grad")
+    check_kernel_tensor(grad_out, "grad_out", "sign_grad")
+    check_same_shape_device(x, grad_out, ("x", "grad_out"), "sign_grad")
+    kind = estimator_kind(kind)
+    rectified, coef, exponent, t, m = estimator_constants(kind, o, t)
+    x, grad_out = shared_dense_layout(x, grad_out)
+    grad_in = empty_like_layout(x)
+    n = x.numel()
+    if n == 0:
+        return grad_in
+    grid = (triton.cdiv(n, SIGN_GRAD_BLOCK),)
+    _sign_grad_kernel[grid](
+        x, grad_out, grad_in, n, rectified, coef, exponent, t, m,
+        KIND=int(kind), BLOCK=SIGN_GRAD_BLOCK, INDEX_64=needs_int64_index(grid[0] * SIGN_GRAD_BLOCK - 1),
+        INTERPRET=interpreting(), num_warps=SIGN_GRAD_WARPS,
+    )
+    return grad_in

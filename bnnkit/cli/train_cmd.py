@@ -68,6 +68,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--workers", type=int, default=None, help="data loader worker processes (default 0)")
+    p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=["bf16", "fp16"],
+                   help="mixed precision: forward and loss under torch.autocast in bf16 (the default of a bare "
+                        "--amp) or fp16 (with a gradient scaler); meant for GPUs, slow on CPU")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="train through torch.compile(model) (compiles once; the o schedule does not recompile)")
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="under torchrun on several GPUs: BatchNorm statistics over the global batch "
                         "(SyncBatchNorm) instead of each GPU's share; needs CUDA; no effect in one process "
@@ -85,7 +90,8 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     names = {"model": "model", "dataset": "dataset", "data_dir": "data_dir", "download": "download",
              "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
              "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "o_end": "o_end", "t": "t",
-             "seed": "seed", "device": "device", "workers": "workers", "sync_bn": "sync_bn"}
+             "seed": "seed", "device": "device", "workers": "workers", "amp": "amp", "compile": "compile",
+             "sync_bn": "sync_bn"}
     for arg, field in names.items():
         value = getattr(args, arg)
         if value is not None:

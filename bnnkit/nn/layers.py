@@ -8,9 +8,11 @@ Forward, as in the ReSTE reference code::
     x_b = binarize(x)               # or x itself when input_estimator is None (1/32 models)
     y   = conv2d(x_b, w_b, bias)    # zero padding: padded taps contribute 0, not -1
 
-The estimator attributes ``o`` and ``t`` are plain floats that :class:`bnnkit.OSchedule`
-sets once per epoch. They shape only the backward pass, so they are not part of the state
-dict (the forward, and therefore a trained model, does not depend on them).
+The estimator attributes ``o`` and ``t`` are floats that :class:`bnnkit.OSchedule` sets once
+per epoch. They shape only the backward pass, so they are not part of the state dict (the
+forward, and therefore a trained model, does not depend on them). ``o`` is held in a 0-d CPU
+tensor that the forward passes to the ops, so that ``torch.compile`` does not recompile the
+model each time the schedule changes it (see :mod:`bnnkit.ops`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnnkit.estimators import Estimator, check_estimator
+from bnnkit.estimators import Estimator, check_estimator, check_o
 from bnnkit.functional import binarize_weight, sign_estimator
 from bnnkit.kernels.weight_binarize import check_scale_mode
 
@@ -32,16 +34,29 @@ class BinaryLayer:
     weight_estimator: Estimator
     input_estimator: Estimator | None
     scale: str
-    o: float
     t: float
+    _o: torch.Tensor
 
     def _init_binary(self, weight_estimator: Estimator, input_estimator: Estimator | None, scale: str,
                      o: float, t: float) -> None:
         self.weight_estimator = check_estimator(weight_estimator, what="weight_estimator")
         self.input_estimator = check_estimator(input_estimator, allow_none=True, what="input_estimator")
         self.scale = check_scale_mode(scale)
-        self.o = float(o)
+        # A plain attribute, not a buffer: it stays on the CPU when the model moves to a GPU
+        # (the ops read it on the host) and stays out of the state dict.
+        self._o = torch.tensor(1.0, dtype=torch.float64)
+        self.o = o
         self.t = float(t)
+
+    @property
+    def o(self) -> float:
+        """ReSTE's power ``o >= 1`` (set each epoch by :class:`bnnkit.OSchedule`)."""
+        return float(self._o)
+
+    @o.setter
+    def o(self, value: float) -> None:
+        with torch.no_grad():
+            self._o.fill_(check_o(value))
 
     @property
     def binary_input(self) -> bool:
@@ -50,13 +65,13 @@ class BinaryLayer:
 
     def quantized_weight(self) -> torch.Tensor:
         """``alpha * binarize(weight)`` with the weight estimator's gradient."""
-        return binarize_weight(self.weight, self.scale, self.weight_estimator, self.o, self.t)
+        return binarize_weight(self.weight, self.scale, self.weight_estimator, self._o, self.t)
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         """``binarize(x)`` with the input estimator's gradient, or ``x`` for real-valued inputs."""
         if self.input_estimator is None:
             return x
-        return sign_estimator(x, self.input_estimator, self.o, self.t)
+        return sign_estimator(x, self.input_estimator, self._o, self.t)
 
     def _binary_repr(self) -> str:
         def name(e):

@@ -8,6 +8,9 @@ from typing import Any
 
 RUN_FORMAT_VERSION = 1
 
+AMP_DTYPES = {None: None, "bf16": "bfloat16", "fp16": "float16"}
+"""``TrainConfig.amp`` values and the torch dtype (by name) autocast runs in."""
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetDefaults:
@@ -32,6 +35,9 @@ class TrainConfig:
 
     ``epochs``, ``batch_size`` and ``warmup_epochs`` left as ``None`` take the dataset's
     defaults (:data:`DATASET_DEFAULTS`); ``dataset=None`` takes the model's own dataset.
+    ``amp``: ``"bf16"`` or ``"fp16"`` runs forward and loss under ``torch.autocast`` (fp16
+    with a gradient scaler), ``None`` trains in float32. ``compile``: train through
+    ``torch.compile(model)``.
     ``batch_size`` is the global batch: under torchrun each of N processes takes
     ``batch_size / N`` samples per step. ``sync_bn`` turns BatchNorm into SyncBatchNorm when
     training on several GPUs (batch statistics over the global batch).
@@ -55,6 +61,8 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     progress: bool = True
+    amp: str | None = None
+    compile: bool = False
     sync_bn: bool = False
 
     def resolved(self) -> TrainConfig:
@@ -83,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"o_end must be >= 1, got {cfg.o_end}")
         if cfg.workers < 0:
             raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+        if cfg.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {', '.join(k for k in AMP_DTYPES if k)} or None, got {cfg.amp!r}")
         return cfg
 
     def to_json(self) -> dict[str, Any]:

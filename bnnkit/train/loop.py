@@ -10,10 +10,12 @@ Under torchrun the same loop runs data-parallel (see :mod:`bnnkit.train.distribu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +29,7 @@ from bnnkit.nn.layers import binary_layers
 from bnnkit.schedule import OSchedule
 from bnnkit.train import checkpoint as ckpt
 from bnnkit.train import distributed
-from bnnkit.train.config import TrainConfig, lr_at
+from bnnkit.train.config import AMP_DTYPES, TrainConfig, lr_at
 from bnnkit.train.distributed import DistributedContext
 from bnnkit.train.indicators import estimating_error, gradient_stability
 
@@ -71,6 +73,29 @@ def build_model(config: TrainConfig, splits: DatasetSplits) -> nn.Module:
     return model
 
 
+@dataclasses.dataclass
+class Precision:
+    """How a training step runs: under ``torch.autocast`` (``dtype``) or not, with an fp16
+    gradient scaler or not, and through which forward (the model or its compiled form)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    device_type: str = "cpu"
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, model: nn.Module, device: torch.device) -> Precision:
+        dtype = None if config.amp is None else getattr(torch, AMP_DTYPES[config.amp])
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        # The o schedule changes a 0-d tensor each epoch, so the compiled graph is reused across
+        # epochs (see bnnkit.ops). Evaluation runs the model eagerly.
+        forward = torch.compile(model) if config.compile else model
+        return cls(forward, device.type, dtype, scaler)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device,
              context: DistributedContext | None = None) -> tuple[float, float]:
@@ -91,21 +116,29 @@ def evaluate(model: nn.Module, loader, device: torch.device,
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
                     o_end: float, progress: bool, desc: str,
-                    context: DistributedContext | None = None) -> dict[str, float]:
+                    context: DistributedContext | None = None, precision: Precision | None = None) -> dict[str, float]:
     """One pass over ``loader``; indicators are taken at the last iteration (after its step),
     as the reference code logs them. With a distributed ``context`` loss and accuracy are
-    over the samples of all processes (the indicators are the same on every process)."""
+    over the samples of all processes (the indicators are the same on every process).
+    ``precision``: autocast / loss scaling / compiled forward (default: float32, eager)."""
     model.train()
+    precision = precision or Precision(model)
     loss_sum, correct, count = 0.0, 0, 0
     indicators = {"estimating_error": float("nan"), "gradient_stability": float("nan")}
     n = len(loader)
     for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
-        loss = F.cross_entropy(out, y)
+        with precision.autocast():
+            out = precision.forward(x)
+            loss = F.cross_entropy(out, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if precision.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # fp16: scale the loss so small gradients do not underflow
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(optimizer)
+            precision.scaler.update()
         loss_sum += loss.item() * y.numel()
         correct += (out.detach().argmax(dim=1) == y).sum().item()
         count += y.numel()
@@ -203,6 +236,9 @@ def _train(config: TrainConfig, context: DistributedContext, resume: bool, log) 
             f.writelines(json.dumps(r) + "\n" for r in history)
 
     train_model = context.wrap(model)
+    precision = Precision.from_config(config, train_model, device)
+    if resume and precision.scaler is not None and "grad_scaler" in progress_state:
+        precision.scaler.load_state_dict(progress_state["grad_scaler"])
     progress = config.progress and main
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
                       disable=not progress, initial=start_epoch, total=config.epochs)
@@ -217,7 +253,7 @@ def _train(config: TrainConfig, context: DistributedContext, resume: bool, log) 
         train_loader = make_loader(splits.train, batch_size, shuffle=True, sampler=sampler,
                                    workers=config.workers, pin_memory=pin)
         stats = train_one_epoch(train_model, train_loader, optimizer, device, config.o_end, progress,
-                                desc=f"epoch {epoch + 1}/{config.epochs}", context=context)
+                                desc=f"epoch {epoch + 1}/{config.epochs}", context=context, precision=precision)
         context.sync_buffers(model)
         test_loss, test_acc = evaluate(model, test_loader, device, context)
         row = {"epoch": epoch, "lr": lr, "o": o, **stats, "test_loss": test_loss, "test_acc": test_acc,
@@ -230,7 +266,8 @@ def _train(config: TrainConfig, context: DistributedContext, resume: bool, log) 
         if main:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            ckpt.save_checkpoint(run_dir, model, optimizer, {"epoch": epoch, "best": best})
+            scaler_state = {} if precision.scaler is None else {"grad_scaler": precision.scaler.state_dict()}
+            ckpt.save_checkpoint(run_dir, model, optimizer, {"epoch": epoch, "best": best, **scaler_state})
         history.append(row)
         epochs_bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
                                best=f"{best['test_acc']:.4f}")
