@@ -1,5 +1,10 @@
-"""Packed export of bnnkit models: ``pack(model) -> PackedModel``, ``PackedModel.save(dir)``,
-``load(dir)``; the artifact format is described in docs/format.md.
+"""Packed export, artifacts and ONNX of bnnkit models.
+
+- ``pack(model) -> PackedModel``, ``PackedModel.save(dir)``, ``load(dir)``: the packed
+  artifact (format: docs/format.md), run by the Triton bitwise kernels on CUDA and by their
+  PyTorch references elsewhere.
+- ``to_onnx(model, path, example_input, packed=True)``: an ONNX graph that onnxruntime runs.
+- ``export_run(run_dir, out, onnx=True)``: what ``bnnkit export`` writes for a training run.
 
 Example::
 
@@ -13,7 +18,9 @@ Example::
 from .fold import PackError
 from .layers import PackedConv2d, PackedLinear
 from .model import FORMAT_KIND, FORMAT_VERSION, PackedModel, load
+from .onnx import OnnxExport, OnnxExportError, run_to_onnx, to_onnx
+from .onnx_modules import UnsupportedLayerError
 from .pack import pack
 
-__all__ = ["FORMAT_KIND", "FORMAT_VERSION", "PackError", "PackedConv2d", "PackedLinear", "PackedModel", "load",
-           "pack"]
+__all__ = ["FORMAT_KIND", "FORMAT_VERSION", "OnnxExport", "OnnxExportError", "PackError", "PackedConv2d",
+           "PackedLinear", "PackedModel", "UnsupportedLayerError", "load", "pack", "run_to_onnx", "to_onnx"]

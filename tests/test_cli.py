@@ -61,13 +61,6 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "invalid choice: 'resnet50'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cmd", ["validate"])
-def test_commands_of_later_issues_say_they_are_not_built(cmd, capsys):
-    # Placeholders until their issues land; each issue replaces this test with real ones.
-    assert main([cmd]) == 2
-    assert "not built yet" in capsys.readouterr().err
-
-
 def test_bench_lists_suites_and_names_bad_choices(capsys):
     # the quick CPU run itself is the smoke test in tests/benchmarks/test_bench_smoke.py
     assert main(["bench", "--list"]) == 0

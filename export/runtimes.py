@@ -1,0 +1,126 @@
+"""The runtimes ``bnnkit validate`` compares, one small adapter each.
+
+An export directory (see ``bnnkit export``) holds ``trained/`` (the run's best model),
+``manifest.json`` + ``model.safetensors`` (the packed model) and ``model.onnx``. A runtime
+adapter loads one of them and maps a float32 CPU batch ``(N, ...)`` to float32 CPU outputs;
+its time includes any host/device copies. Adding a runtime is adding a class and an entry
+in :data:`RUNTIMES`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+
+TRAINED_DIR = "trained"
+PACKED_MANIFEST = "manifest.json"
+ONNX_FILE = "model.onnx"
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime does not apply here (its file is absent, or its device/provider is missing)."""
+
+
+def _torch_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """True float32 in cuBLAS/cuDNN (PyTorch lets cuDNN convolutions use TF32 by default, a
+    10-bit mantissa: 1e-3 relative errors and flipped binarizations), restored afterwards."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = (matmul.fp32_precision, conv.fp32_precision)
+    matmul.fp32_precision, conv.fp32_precision = "ieee", "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+class TorchModuleRuntime:
+    """A torch module in eval mode on CUDA when available, else CPU, in true float32."""
+
+    def __init__(self, name: str, module: torch.nn.Module, detail: str) -> None:
+        self.name = name
+        self.device = _torch_device()
+        self.module = module.to(self.device).eval()
+        self.detail = detail
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        with ieee_fp32():
+            return self.module(x.to(self.device)).float().cpu()
+
+
+def load_trained(artifact_dir: str) -> TorchModuleRuntime:
+    """The trained model (eval mode) from ``ARTIFACT_DIR/trained``: the reference."""
+    from bnnkit.train import load_run
+
+    run_dir = os.path.join(artifact_dir, TRAINED_DIR)
+    if not os.path.isdir(run_dir):
+        raise RuntimeUnavailable(f"no trained model: {run_dir!r} does not exist")
+    model, _ = load_run(run_dir)
+    return TorchModuleRuntime("trained", model, "PyTorch eager, eval mode")
+
+
+def load_packed(artifact_dir: str) -> TorchModuleRuntime:
+    """The packed model via ``bnnkit.export.load``: Triton kernels on CUDA, PyTorch elsewhere."""
+    if not os.path.isfile(os.path.join(artifact_dir, PACKED_MANIFEST)):
+        raise RuntimeUnavailable(f"no packed artifact: {os.path.join(artifact_dir, PACKED_MANIFEST)!r} does not exist")
+    import bnnkit.export
+
+    load = getattr(bnnkit.export, "load", None)
+    if load is None:
+        raise RuntimeUnavailable("this bnnkit has no packed-model loader (bnnkit.export.load)")
+    module = load(artifact_dir)
+    backend = "Triton kernels" if _torch_device().type == "cuda" else "PyTorch reference kernels"
+    return TorchModuleRuntime("packed", module, f"bnnkit packed model, {backend}")
+
+
+class OnnxRuntimeSession:
+    """``model.onnx`` in an onnxruntime InferenceSession with one execution provider."""
+
+    def __init__(self, name: str, path: str, provider: str) -> None:
+        import onnxruntime as ort
+
+        if provider not in ort.get_available_providers():
+            raise RuntimeUnavailable(f"onnxruntime has no {provider} here (available: "
+                                     f"{', '.join(ort.get_available_providers())})")
+        if not os.path.isfile(path):
+            raise RuntimeUnavailable(f"no ONNX graph: {path!r} does not exist")
+        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(path, providers=providers)
+        if self.session.get_providers()[0] != provider:
+            raise RuntimeUnavailable(f"onnxruntime could not start {provider} (session uses "
+                                     f"{self.session.get_providers()})")
+        self.name = name
+        self.device = provider
+        self.detail = f"onnxruntime {ort.__version__}, {provider}"
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().to("cpu", torch.float32).numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def load_onnx_cpu(artifact_dir: str) -> OnnxRuntimeSession:
+    return OnnxRuntimeSession("onnxruntime-cpu", os.path.join(artifact_dir, ONNX_FILE), "CPUExecutionProvider")
+
+
+def load_onnx_cuda(artifact_dir: str) -> OnnxRuntimeSession:
+    return OnnxRuntimeSession("onnxruntime-cuda", os.path.join(artifact_dir, ONNX_FILE), "CUDAExecutionProvider")
+
+
+#: name -> loader(artifact_dir) -> runtime with ``name``, ``device``, ``detail``, ``run(x)``.
+#: "trained" is the reference the others are compared with.
+RUNTIMES: dict[str, Callable[[str], object]] = {
+    "trained": load_trained,
+    "packed": load_packed,
+    "onnxruntime-cpu": load_onnx_cpu,
+    "onnxruntime-cuda": load_onnx_cuda,
+}
+REFERENCE = "trained"
