@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU machine without network: install, print the GPU, run the
-# GPU tests, then every benchmark suite in quick mode, each in its own process with its own
-# time budget (7.5 minutes for all suites). A failing or hanging suite does not stop the
-# others; a suite killed at its budget keeps the rows it measured (the run file is
-# rewritten after every case).
+# GPU tests and the kernel tests on CUDA, then every benchmark suite in quick mode, each in
+# its own process with its own time budget; the whole run ends within 8 minutes (465 s by
+# default). A failing or hanging suite does not stop the others; a suite killed at its budget
+# keeps the rows it measured (the run file is rewritten after every case).
 #
 #   OUT=/path/to/dir bash benchmarks/gpu_check.sh        (from the repository root)
 #
 # Writes into $OUT, flat (5 files, 6 if combining fails):
 #   env.txt      nvidia-smi, versions, install log
-#   tests.log    pytest -m gpu
+#   tests.log    pytest -m "gpu or kernels"
 #   bench.log    every suite's log (tracebacks of failing cases included)
 #   bench.json   the combined run file (all suites, ceilings measured once, first)
 #   summary.txt  one line per step with its exit code and time (also printed at the end)
@@ -18,10 +18,11 @@
 #   python -m bnnkit.benchmarks.plot && python -m bnnkit.benchmarks.readme_table
 #
 # Settings (environment): PYTHON (python3), GPU_CHECK_DEVICE (cuda), GPU_CHECK_SUITES
-# (all), GPU_CHECK_TOTAL_S (570: nothing starts after this), GPU_CHECK_TEST_S (60),
-# GPU_CHECK_PYTEST ("-m gpu"; empty skips the tests), GPU_CHECK_INSTALL (1; 0 skips pip),
-# GPU_CHECK_MODE (quick; "full" drops --quick, which needs larger budgets), GPU_CHECK_SUITE_S
-# (one budget in seconds for every suite instead of the per-suite ones below).
+# (all), GPU_CHECK_TOTAL_S (465: nothing starts after this), GPU_CHECK_TEST_S (120),
+# GPU_CHECK_PYTEST (the pytest marker expression, "gpu or kernels"; empty skips the tests),
+# GPU_CHECK_INSTALL (1; 0 skips pip), GPU_CHECK_MODE (quick; "full" drops --quick, which needs
+# larger budgets), GPU_CHECK_SUITE_S (one budget in seconds for every suite instead of the
+# per-suite ones below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,24 +31,25 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 SUITES=${GPU_CHECK_SUITES:-ceilings quantize train gemm conv model onnx}
-TEST_S=${GPU_CHECK_TEST_S:-60}
-PYTEST_ARGS=${GPU_CHECK_PYTEST--m gpu}
+TEST_S=${GPU_CHECK_TEST_S:-120}
+TEST_MARKERS=${GPU_CHECK_PYTEST-gpu or kernels}
 MODE_ARGS=(--quick)
 [ "${GPU_CHECK_MODE:-quick}" = full ] && MODE_ARGS=()
 START=$(date +%s)
-DEADLINE=$((START + ${GPU_CHECK_TOTAL_S:-570}))
+DEADLINE=$((START + ${GPU_CHECK_TOTAL_S:-465}))
 RESERVE_S=15  # kept for combining the run files at the end
 SUMMARY="$OUT/summary.txt"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 : > "$SUMMARY"
 
-# seconds per suite in quick mode (sum 450): first-call Triton compilation and autotuning included
+# seconds per suite in quick mode (sum 300): first-call Triton compilation and autotuning
+# included. Install ~20 s + tests 120 s + suites 300 s + reserve 15 s stays under 465 s.
 budget_of() {
     if [ -n "${GPU_CHECK_SUITE_S:-}" ]; then echo "$GPU_CHECK_SUITE_S"; return; fi
     case "$1" in
-        ceilings) echo 25 ;; quantize) echo 60 ;; train) echo 45 ;; gemm) echo 85 ;;
-        conv) echo 85 ;; model) echo 110 ;; onnx) echo 40 ;; *) echo 40 ;;
+        ceilings) echo 20 ;; quantize) echo 40 ;; train) echo 30 ;; gemm) echo 60 ;;
+        conv) echo 55 ;; model) echo 70 ;; onnx) echo 25 ;; *) echo 30 ;;
     esac
 }
 elapsed() { echo $(($(date +%s) - START)); }
@@ -107,14 +109,13 @@ case $rc in
 esac
 
 # 2. the GPU tests
-if [ -n "$PYTEST_ARGS" ]; then
-    # shellcheck disable=SC2086  # PYTEST_ARGS is a list of arguments
-    timeout -k 5 "$TEST_S" $PY -m pytest -q -p no:cacheprovider $PYTEST_ARGS > "$OUT/tests.log" 2>&1
+if [ -n "$TEST_MARKERS" ]; then
+    timeout -k 5 "$TEST_S" $PY -m pytest -q -p no:cacheprovider -m "$TEST_MARKERS" > "$OUT/tests.log" 2>&1
     rc=$?
     case $rc in
         0) what="passed" ;; 5) what="no test selected" ;; 124|137) what="killed after ${TEST_S} s" ;; *) what="FAILED" ;;
     esac
-    note "tests ($PYTEST_ARGS): $what, rc=$rc: $(tail -n 1 "$OUT/tests.log") ($(elapsed) s)"
+    note "tests (-m \"$TEST_MARKERS\"): $what, rc=$rc: $(tail -n 1 "$OUT/tests.log") ($(elapsed) s)"
 fi
 
 # 3. every suite, each with its budget; the ceilings first, then reused by the others

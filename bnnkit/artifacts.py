@@ -25,7 +25,9 @@ class ArtifactError(ValueError):
 
 
 @contextlib.contextmanager
-def _atomic_path(path: str) -> Iterator[str]:
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary file name beside ``path`` to write to; renamed to ``path`` when the block
+    ends without an error, removed otherwise."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
@@ -40,7 +42,7 @@ def _atomic_path(path: str) -> Iterator[str]:
 
 def write_json(path: str, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
             f.write("\n")
@@ -61,7 +63,7 @@ def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[st
     from safetensors.torch import save_file
 
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         save_file(plain, tmp, metadata=metadata)
 
 
@@ -85,6 +87,32 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def staged_directory(directory: str, *, overwrite: bool = False) -> Iterator[str]:
+    """Build the directory ``directory`` under a temporary name and rename it into place.
+
+    Yields a path beside ``directory`` (same file system) that does not exist yet; the caller
+    creates it and fills it. When the block ends without an error, that path replaces
+    ``directory``; on an error nothing is left behind and ``directory`` is untouched. An
+    existing ``directory`` is replaced only with ``overwrite=True``."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and not overwrite:
+        raise FileExistsError(f"{directory!r} already exists; pass overwrite=True (--overwrite) to replace it")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+    staging = os.path.join(scratch, "new")
+    try:
+        yield staging
+        if not os.path.isdir(staging):
+            raise RuntimeError(f"nothing was written for {directory!r}")
+        if os.path.exists(directory):
+            os.replace(directory, os.path.join(scratch, "old"))
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def write_artifact(directory: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], *,
                    kind: str, version: int, tensor_file: str = "model.safetensors",
                    manifest_file: str = "manifest.json", overwrite: bool = False,
@@ -93,16 +121,12 @@ def write_artifact(directory: str, tensors: dict[str, torch.Tensor], manifest: d
     ``format_version``, ``bnnkit_version``, the tensor file's ``sha256`` and ``manifest``'s
     fields). ``extra_files`` (name -> bytes, no pickles) are written beside them and their
     sha256 recorded under ``files``. The directory is built under a temporary name and
-    renamed into place; an existing ``directory`` is replaced only with ``overwrite=True``."""
+    renamed into place (:func:`staged_directory`); an existing ``directory`` is replaced only
+    with ``overwrite=True``."""
     from bnnkit.version import __version__
 
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and not overwrite:
-        raise FileExistsError(f"{directory!r} already exists; pass overwrite=True (--overwrite) to replace it")
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
-    try:
+    with staged_directory(directory, overwrite=overwrite) as staging:
+        os.mkdir(staging)
         write_tensors(os.path.join(staging, tensor_file), tensors)
         header = {"kind": kind, "format_version": version, "bnnkit_version": __version__,
                   "tensor_file": tensor_file, "sha256": sha256_file(os.path.join(staging, tensor_file))}
@@ -116,17 +140,6 @@ def write_artifact(directory: str, tensors: dict[str, torch.Tensor], manifest: d
                     f.write(data)
                 header["files"][name] = sha256_file(os.path.join(staging, name))
         write_json(os.path.join(staging, manifest_file), {**header, **manifest})
-        if os.path.exists(directory):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old.", dir=parent)
-            os.rmdir(old)
-            os.replace(directory, old)
-            os.replace(staging, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_artifact(directory: str, *, kind: str, versions: tuple[int, ...],

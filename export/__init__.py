@@ -18,9 +18,11 @@ Example::
 from .fold import PackError
 from .layers import PackedConv2d, PackedLinear
 from .model import FORMAT_KIND, FORMAT_VERSION, PackedModel, load
-from .onnx import OnnxExport, OnnxExportError, run_to_onnx, to_onnx
+from .onnx import OnnxExport, OnnxExportError, to_onnx
 from .onnx_modules import UnsupportedLayerError
 from .pack import pack
+from .run_export import RunExport, export_run
 
 __all__ = ["FORMAT_KIND", "FORMAT_VERSION", "OnnxExport", "OnnxExportError", "PackError", "PackedConv2d",
-           "PackedLinear", "PackedModel", "UnsupportedLayerError", "load", "pack", "run_to_onnx", "to_onnx"]
+           "PackedLinear", "PackedModel", "RunExport", "UnsupportedLayerError", "export_run", "load", "pack",
+           "to_onnx"]

@@ -22,13 +22,13 @@ import dataclasses
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from bnnkit.artifacts import atomic_path
 from bnnkit.export.compare import RELATIVE_TOLERANCE, Comparison, compare_outputs
 from bnnkit.export.onnx_modules import binary_weights, inference_model, set_emit_onnx_node, weight_numel
 
@@ -125,16 +125,8 @@ def _export_graph(view: nn.Module, x: torch.Tensor, opset: int):
 def _atomic_save(model, path: str) -> None:
     import onnx
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         onnx.save_model(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def run_onnxruntime(path: str, x: torch.Tensor, providers: list[str] | None = None) -> torch.Tensor:
@@ -218,14 +210,3 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.Tens
         fp32_param_bytes=4 * sum(p.numel() for p in model.parameters()), binary_weights=weight_numel(view),
         packed_weight_bytes=sum(m.packed_bytes for _, m in layers), input_shape=tuple(x.shape[1:]),
         verification=verification)
-
-
-def run_to_onnx(run_dir: str, path: str | os.PathLike, packed: bool = True, *, opset: int = DEFAULT_OPSET) -> OnnxExport:
-    """Export the best model of the training run ``run_dir`` (see :func:`bnnkit.train.load_run`)
-    with :func:`to_onnx`; the example input is a seeded standard-normal batch of the run's
-    input shape (only its shape matters: the batch dim stays dynamic)."""
-    from bnnkit.train import load_run
-
-    model, config = load_run(run_dir)
-    example = torch.randn(2, *config["input_shape"], generator=torch.Generator().manual_seed(0))
-    return to_onnx(model, path, example, packed, opset=opset)

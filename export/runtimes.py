@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-TRAINED_DIR = "trained"
+from .run_export import ONNX_FILE, TRAINED_DIR
+
 PACKED_MANIFEST = "manifest.json"
-ONNX_FILE = "model.onnx"
 
 
 class RuntimeUnavailable(Exception):

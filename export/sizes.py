@@ -21,9 +21,12 @@ def is_packed_artifact(directory: str) -> bool:
     return isinstance(manifest, dict) and manifest.get("kind") == FORMAT_KIND
 
 
-def directory_bytes(directory: str) -> int:
-    return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
-               if os.path.isfile(os.path.join(directory, f)))
+def artifact_bytes(directory: str) -> int:
+    """Bytes of the packed artifact's own files (manifest, tensor file, stored program); an
+    export directory also holds ``trained/``, ``model.onnx`` and reports, which do not count."""
+    manifest = read_json(os.path.join(directory, "manifest.json"), "manifest")
+    names = ["manifest.json", manifest.get("tensor_file", "model.safetensors"), *manifest.get("files", {})]
+    return sum(os.path.getsize(os.path.join(directory, n)) for n in names)
 
 
 def measured_artifact_bytes(model: nn.Module, architecture: dict[str, Any], input_shape: tuple[int, ...]) -> int:
@@ -34,13 +37,13 @@ def measured_artifact_bytes(model: nn.Module, architecture: dict[str, Any], inpu
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "artifact")
         packed.save(out)
-        return directory_bytes(out)
+        return artifact_bytes(out)
 
 
 def packed_artifact_report(directory: str) -> dict[str, Any]:
     """Per-layer encodings and the artifact's size next to the fp32 state dict it came from."""
     manifest = read_json(os.path.join(directory, "manifest.json"), "manifest")
-    size = directory_bytes(directory)
+    size = artifact_bytes(directory)
     fp32 = manifest.get("fp32_state_dict_bytes")
     arch = manifest.get("architecture", {})
     name = arch.get("zoo") or "model outside the zoo (torch.export program)"

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from .triton_compat import tl, triton
 
 from .binarize import binarize_reference
-from .binary_operands import ActivationMode, activation_mode, dot_pm1, masked_activation, masked_weight
+from .binary_operands import (ActivationMode, activation_mode, dot_pm1, grouped_tile, masked_activation,
+                              masked_weight)
 from .bitpack import num_words, unpack_signs_reference
 from .bits import interpreting
 from .epilogue import Epilogue, OutputKind, SignThreshold, check_output_request, finish_reference, output_dtype, \
@@ -45,14 +46,7 @@ def _binary_conv_kernel(
     RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EVEN_C: tl.constexpr, WIDE_OFFSETS: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(CO, BN)
-    group = GROUP_M * num_n
-    first_m = (pid // group) * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, CO, BM, BN, GROUP_M)
 
     offs_m = pid_m * BM + tl.arange(0, BM)  # output pixels (n, oh, ow) in NHWC order
     m_ok = offs_m < M

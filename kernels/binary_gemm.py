@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 from .triton_compat import tl, triton
 
-from .binary_operands import ActivationMode, activation_mode, dot_pm1, gemm_activation_tile, gemm_weight_tile
+from .binary_operands import (ActivationMode, activation_mode, dot_pm1, gemm_activation_tile, gemm_weight_tile,
+                              grouped_tile)
 from .bitpack import num_words, unpack_signs_reference
 from .bits import interpreting, popcount32
 from .binarize import binarize_reference
@@ -54,15 +55,7 @@ def _binary_gemm_mma_kernel(
     RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_DESC: tl.constexpr, EVEN_K: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    # grouped program order: GROUP_M row tiles share each weight column tile in L2
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    group = GROUP_M * num_n
-    first_m = (pid // group) * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
 

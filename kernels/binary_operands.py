@@ -47,6 +47,18 @@ def activation_mode(x: torch.Tensor, real_input: bool) -> ActivationMode:
 
 
 @triton.jit
+def grouped_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program ``pid``'s (row tile, column tile) in grouped order: GROUP_M consecutive
+    programs take GROUP_M row tiles of one column tile, so its weights stay in L2."""
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    return first_m + (pid % group) % size_m, (pid % group) // size_m
+
+
+@triton.jit
 def unpack_rows_pm1(words, ROWS: tl.constexpr, BITS: tl.constexpr):
     """``(ROWS, BITS // 32)`` int32 words -> ``(ROWS, BITS)`` int32 of ±1 (bit 1 -> +1)."""
     b = (words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1

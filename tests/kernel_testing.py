@@ -12,6 +12,20 @@ def kernel_device() -> str:
     return "cpu" if interpreting() else "cuda"
 
 
+def encode_activation(x: torch.Tensor, encoding: str) -> torch.Tensor:
+    """A real activation tensor in one of the kernels' input encodings: ``float`` (as is),
+    ``half``, ``int8`` (±1) or ``packed`` (int32 sign bits along the last dim)."""
+    from bnnkit.kernels.bitpack import pack_signs_reference
+
+    if encoding == "float":
+        return x
+    if encoding == "half":
+        return x.half()
+    if encoding == "int8":
+        return torch.where(x >= 0, 1, -1).to(torch.int8)
+    return pack_signs_reference(x)
+
+
 def poisoned(shape: tuple[int, ...], dtype: torch.dtype, device: str) -> torch.Tensor:
     """An output buffer full of garbage (NaN / 0x5A5A5A5A), so unwritten elements fail comparisons."""
     if dtype.is_floating_point:

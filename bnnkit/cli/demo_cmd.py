@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tempfile
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="train a binary network on the embedded digits set, export it to ONNX and validate it",
+        "demo", help="train a binary network on the embedded digits set, export it (packed + ONNX) and validate it",
         description="The main job on the embedded default: train digits_mlp (1-bit weights and activations) on "
                     "scikit-learn's handwritten digits with the ReSTE recipe, print its summary, export it "
-                    "(ONNX graph with packed weights), and validate the export against the trained model in "
-                    "ONNX Runtime. Everything goes to --out (default: a new temporary directory). Exits with 1 "
+                    "(the packed model and an ONNX graph with packed weights), and validate the packed model "
+                    "(Triton kernels on GPU, PyTorch elsewhere) and the ONNX graph in ONNX Runtime against the "
+                    "trained model. Everything goes to --out (default: a new temporary directory). Exits with 1 "
                     "when validation fails.",
     )
     p.add_argument("--out", default=None, metavar="DIR", help="directory for the run (default: a new temp dir)")
@@ -28,8 +28,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from bnnkit.artifacts import write_json
     from bnnkit.cli.validate_cmd import EXIT_DISAGREES, load_inputs
-    from bnnkit.export import run_to_onnx
-    from bnnkit.export.runtimes import ONNX_FILE, TRAINED_DIR
+    from bnnkit.export import export_run
     from bnnkit.export.validation import validate_artifact
     from bnnkit.summary import summarize
     from bnnkit.train import TrainConfig, load_run, train
@@ -45,12 +44,11 @@ def run(args: argparse.Namespace) -> int:
     print(summarize(model, tuple(config["input_shape"])).to_text())
 
     print(f"[3/4] exporting -> {export_dir}")
-    os.makedirs(os.path.join(export_dir, TRAINED_DIR), exist_ok=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy2(os.path.join(run_dir, name), os.path.join(export_dir, TRAINED_DIR, name))
-    onnx = run_to_onnx(run_dir, os.path.join(export_dir, ONNX_FILE))
-    print(f"      ONNX graph: {onnx.file_bytes:,} bytes, {onnx.compression:.1f}x smaller than the fp32 parameters "
-          f"({onnx.packed_weight_bytes:,} bytes of packed weight bits)")
+    exported = export_run(run_dir, export_dir, onnx=True)
+    print(f"      packed artifact: {exported.packed_bytes:,} bytes, {exported.compression:.1f}x smaller than the fp32 "
+          f"state dict ({exported.fp32_state_bytes:,} bytes)")
+    print(f"      ONNX graph: {exported.onnx.file_bytes:,} bytes, {exported.onnx.compression:.1f}x smaller than the "
+          f"fp32 parameters ({exported.onnx.packed_weight_bytes:,} bytes of packed weight bits)")
 
     print(f"[4/4] validating {export_dir} on the digits test set")
     inputs, labels = load_inputs("digits", None, 10_000, tuple(config["input_shape"]), int(config["num_classes"]))
@@ -63,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     print("\nwhere everything went:")
     print(f"  training run:      {run_dir} (model.safetensors, config.json, metrics.jsonl)")
-    print(f"  export directory:  {export_dir} (trained/: the best model, {ONNX_FILE}: the ONNX graph)")
+    print(f"  export directory:  {export_dir} (manifest.json + model.safetensors: the packed model, "
+          "model.onnx: the ONNX graph, trained/: the best model)")
     print(f"  validation report: {report_path}")
     return 0 if report.ok else EXIT_DISAGREES

@@ -1,36 +1,36 @@
-"""``bnnkit export RUN_DIR --out DIR``: pack a trained run's best model into an artifact."""
+"""``bnnkit export RUN_DIR --out DIR [--onnx]``: pack a trained run's best model into an export directory."""
 
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="pack a trained run into a packed artifact (1 bit per binary weight)",
-        description="Pack the best model of a training run: binary weights to bits, BatchNorm and scales folded "
-                    "into per-channel epilogues, written as DIR/model.safetensors + DIR/manifest.json "
-                    "(format: docs/format.md). Load it with bnnkit.export.load(DIR).",
+        "export", help="pack a trained run (1 bit per binary weight), optionally with an ONNX graph",
+        description="Export the best model of a training run to DIR: the packed artifact (binary weights to bits, "
+                    "BatchNorm and scales folded into per-channel epilogues; DIR/model.safetensors + "
+                    "DIR/manifest.json, format: docs/format.md; load it with bnnkit.export.load(DIR)), a copy of "
+                    "the trained model in DIR/trained/, and with --onnx the ONNX graph DIR/model.onnx (packed "
+                    "weights, checked in ONNX Runtime). Check the export with bnnkit validate DIR. The directory "
+                    "is written under a temporary name and renamed: a failure leaves nothing behind.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (bnnkit train --out)")
-    p.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="export directory to write")
+    p.add_argument("--onnx", action="store_true", help="also write the ONNX graph DIR/model.onnx")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bnnkit.export import pack
-    from bnnkit.train import load_run
+    from bnnkit.export import export_run
 
-    if not os.path.isdir(args.run_dir):
-        raise FileNotFoundError(f"run directory {args.run_dir!r} does not exist")
-    model, config = load_run(args.run_dir)
-    architecture = {"name": config["model"], "kwargs": config["model_kwargs"]}
-    packed = pack(model, architecture=architecture, input_shape=tuple(config["input_shape"]))
-    packed.save(args.out, overwrite=args.overwrite)
-    size = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
-    fp32 = packed.fp32_state_bytes
-    print(f"packed {config['model']} from {args.run_dir} -> {args.out}: {size:,} bytes "
-          f"(fp32 state dict {fp32:,} bytes, {fp32 / size:.1f}x smaller); {len(packed.layers)} packed layers")
+    result = export_run(args.run_dir, args.out, onnx=args.onnx, overwrite=args.overwrite)
+    print(f"packed {result.model_name} from {args.run_dir} -> {result.directory}: {result.packed_bytes:,} bytes "
+          f"(fp32 state dict {result.fp32_state_bytes:,} bytes, {result.compression:.1f}x smaller); "
+          f"{len(result.packed.layers)} packed layers")
+    if result.onnx is not None:
+        print(f"ONNX graph {result.onnx.path}: {result.onnx.file_bytes:,} bytes, {result.onnx.compression:.1f}x "
+              f"smaller than the fp32 parameters")
+    print(f"check it: bnnkit validate {result.directory}")
     return 0

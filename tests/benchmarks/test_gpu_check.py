@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,3 +34,16 @@ def test_a_failing_suite_does_not_stop_the_others_and_out_stays_small(tmp_path):
     assert {r["case"] for r in doc["rows"]} == {"copy", "matmul"}
     assert "torch" in (out / "env.txt").read_text()
     json.dumps(doc, allow_nan=False)
+
+
+def test_default_budgets_end_within_8_minutes():
+    """The suites' budgets, the tests' and the reserve fit the default deadline, which leaves
+    room for the install within the 8 minutes a lent GPU run may take."""
+    text = open(SCRIPT).read()
+    total = int(re.search(r"GPU_CHECK_TOTAL_S:-(\d+)", text).group(1))
+    tests = int(re.search(r"GPU_CHECK_TEST_S:-(\d+)", text).group(1))
+    reserve = int(re.search(r"RESERVE_S=(\d+)", text).group(1))
+    cases = re.search(r'case "\$1" in\n(.*?)\n\s*esac', text, re.S).group(1)
+    suites = {name: int(s) for name, s in re.findall(r"(\w+)\) echo (\d+) ;;", cases)}
+    assert {"ceilings", "quantize", "train", "gemm", "conv", "model", "onnx"} <= set(suites)
+    assert tests + sum(suites.values()) + reserve <= total <= 480 - 15

@@ -2,7 +2,6 @@
 binarization contain exact zeros, and every zoo model exported once per session."""
 
 import dataclasses
-import os
 
 import pytest
 import torch
@@ -71,19 +70,13 @@ def zoo_exports(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_artifact(tmp_path_factory):
-    """An export directory of a briefly trained digits_mlp: trained/ (the run) + model.onnx."""
-    import shutil
-
-    from bnnkit.export import run_to_onnx
+    """An export directory of a briefly trained digits_mlp (bnnkit export --onnx): the packed
+    artifact, trained/ (the run's best model) and model.onnx."""
+    from bnnkit.export import export_run
     from bnnkit.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("digits_artifact")
     run_dir = str(root / "run")
     train(TrainConfig(model="digits_mlp", dataset="digits", out=run_dir, epochs=3, batch_size=16,
                       model_kwargs={"hidden": 64}, progress=False), log=lambda *a: None)
-    artifact = root / "artifact"
-    (artifact / "trained").mkdir(parents=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(os.path.join(run_dir, name), artifact / "trained" / name)
-    run_to_onnx(run_dir, artifact / "model.onnx")
-    return artifact
+    return export_run(run_dir, root / "artifact", onnx=True).directory

@@ -221,8 +221,11 @@ def test_cli_export_and_summary(tmp_path, capsys):
                  "--batch-size", "64", "--model-arg", "channels=8", "--no-progress"]) == 0
     capsys.readouterr()
     out = str(tmp_path / "packed")
-    assert main(["export", run, "--out", out]) == 0
-    assert "smaller" in capsys.readouterr().out
+    assert main(["export", run, "--out", out, "--onnx"]) == 0
+    printed = capsys.readouterr().out
+    assert "smaller" in printed and "model.onnx" in printed and f"bnnkit validate {out}" in printed
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "model.safetensors", "trained"]
+    assert sorted(os.listdir(os.path.join(out, "trained"))) == ["config.json", "model.safetensors"]
     packed = load(out)
     from bnnkit.train import load_run
 
@@ -232,9 +235,32 @@ def test_cli_export_and_summary(tmp_path, capsys):
         assert torch.equal(packed(x).argmax(1), model(x).argmax(1))
     assert main(["summary", out, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["artifact_bytes"] == sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+    # the packed artifact's own files; trained/ and model.onnx do not count
+    assert report["artifact_bytes"] == sum(os.path.getsize(os.path.join(out, f))
+                                           for f in ("manifest.json", "model.safetensors"))
     assert report["fp32_state_dict_bytes"] > report["artifact_bytes"]
     assert main(["summary", run]) == 0
     assert "packed artifact (bnnkit export)" in capsys.readouterr().out
     assert main(["export", run, "--out", out]) == 2  # exists, no --overwrite
     assert "already exists" in capsys.readouterr().err
+    assert main(["export", run, "--out", out, "--overwrite"]) == 0  # replaced: no ONNX graph this time
+    assert not os.path.exists(os.path.join(out, "model.onnx"))
+
+
+def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    import bnnkit.export.run_export as run_export
+
+    run = str(tmp_path / "run")
+    assert main(["train", "--model", "digits_mlp", "--dataset", "synthetic", "--out", run, "--epochs", "1",
+                 "--model-arg", "hidden=16", "--no-progress"]) == 0
+
+    def failing_to_onnx(*args, **kwargs):
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(run_export, "to_onnx", failing_to_onnx)
+    out = tmp_path / "exports" / "digits"
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        run_export.export_run(run, out, onnx=True)
+    assert os.listdir(tmp_path / "exports") == []
+    assert main(["export", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "run directory" in capsys.readouterr().err and not out.exists()

@@ -8,10 +8,10 @@ pytest.importorskip("triton")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from bnnkit.kernels.binary_conv import binary_conv2d, binary_conv2d_reference  # noqa: E402
-from bnnkit.kernels.bitpack import pack_signs_reference  # noqa: E402
 from bnnkit.kernels.epilogue import Epilogue, sign_thresholds  # noqa: E402
 from bnnkit.kernels.weight_pack import expand_weight_int8, pack_conv_weight  # noqa: E402
-from kernel_testing import FLOAT_OUT_TOL, assert_close, assert_equal, kernel_device, poisoned  # noqa: E402
+from kernel_testing import (  # noqa: E402
+    FLOAT_OUT_TOL, assert_close, assert_equal, encode_activation, kernel_device, poisoned)
 
 DEVICE = kernel_device()
 PROPERTY = settings(max_examples=15, deadline=None, derandomize=True, database=None)
@@ -23,16 +23,6 @@ def _inputs(n, h, w, c, co, k, seed, zero_fraction=0.2):
     x[torch.rand(n, h, w, c, generator=g) < zero_fraction] = 0.0
     wt = torch.randn(co, c, k, k, generator=g)
     return x.to(DEVICE), wt.to(DEVICE)
-
-
-def _encode(x, encoding):
-    if encoding == "float":
-        return x
-    if encoding == "half":
-        return x.half()
-    if encoding == "int8":
-        return torch.where(x >= 0, 1, -1).to(torch.int8)
-    return pack_signs_reference(x)
 
 
 def _int_reference(x, w, stride, padding):
@@ -55,7 +45,7 @@ def test_accumulator_is_exact(n, h, w, c, co, k, stride, seed, encoding, weight_
     weight = pack_conv_weight(wt)
     if weight_int8:
         weight = expand_weight_int8(weight, c)
-    a = _encode(x, encoding)
+    a = encode_activation(x, encoding)
     oh, ow = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
     got = binary_conv2d(a, weight, c, stride=stride, padding=padding, out_kind="acc",
                         out=poisoned((n, oh, ow, co), torch.int32, DEVICE))

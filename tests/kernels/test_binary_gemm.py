@@ -14,7 +14,8 @@ from bnnkit.kernels.binary_gemm import GEMV_MAX_M, binary_gemm, binary_gemm_refe
 from bnnkit.kernels.epilogue import Epilogue, OutputKind, SignThreshold, sign_thresholds  # noqa: E402
 from bnnkit.kernels.bitpack import pack_signs_reference  # noqa: E402
 from bnnkit.kernels.weight_pack import aligned_words, expand_weight_int8, pack_linear_weight  # noqa: E402
-from kernel_testing import FLOAT_OUT_TOL, assert_close, assert_equal, kernel_device, poisoned  # noqa: E402
+from kernel_testing import (  # noqa: E402
+    FLOAT_OUT_TOL, assert_close, assert_equal, encode_activation, kernel_device, poisoned)
 
 DEVICE = kernel_device()
 PROPERTY = settings(max_examples=20, deadline=None, derandomize=True, database=None)
@@ -27,16 +28,6 @@ def _inputs(m: int, n: int, k: int, seed: int, zero_fraction: float = 0.2):
     w = torch.randn(n, k, generator=g)
     w[torch.rand(n, k, generator=g) < zero_fraction] = 0.0
     return x.to(DEVICE), w.to(DEVICE)
-
-
-def _encode(x: torch.Tensor, encoding: str) -> torch.Tensor:
-    if encoding == "float":
-        return x
-    if encoding == "half":
-        return x.half()
-    if encoding == "int8":
-        return torch.where(x >= 0, 1, -1).to(torch.int8)
-    return pack_signs_reference(x)
 
 
 def _int_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -54,7 +45,7 @@ def test_accumulator_is_exact(m, n, k, seed, encoding, weight_int8, route):
     x, w = _inputs(m, n, k, seed)
     if route == "gemv" and (m > GEMV_MAX_M or weight_int8 or encoding == "int8"):
         route = "mma"
-    a = _encode(x, encoding)
+    a = encode_activation(x, encoding)
     weight = expand_weight_int8(pack_linear_weight(w), k) if weight_int8 else pack_linear_weight(w)
     out = poisoned((m, n), torch.int32, DEVICE)
     got = binary_gemm(a, weight, k, out_kind="acc", out=out, route=route)
@@ -72,7 +63,7 @@ def test_tma_descriptor_path(m, n, k, encoding):
         pytest.skip("TMA descriptors need sm_90+")
     x, w = _inputs(m, n, k, 7)
     weight = aligned_words(pack_linear_weight(w))
-    a = _encode(x, encoding)
+    a = encode_activation(x, encoding)
     if encoding == "packed":
         a = aligned_words(a)
     got = binary_gemm(a, weight, k, out_kind="acc", route="mma", use_descriptors=True)

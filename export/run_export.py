@@ -1,0 +1,80 @@
+"""``export_run``: what ``bnnkit export`` writes for a training run, as one directory.
+
+    DIR/manifest.json, DIR/model.safetensors   the packed artifact (docs/format.md; bnnkit.export.load)
+    DIR/trained/config.json, model.safetensors the run's best model, the reference of ``bnnkit validate``
+    DIR/model.onnx                             the ONNX graph (with ``onnx=True``)
+
+The directory is built under a temporary name and renamed into place, so a failure (an
+unsupported layer, an ONNX graph that does not reproduce the model) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import torch
+
+from bnnkit.artifacts import staged_directory
+
+from .model import PackedModel
+from .onnx import OnnxExport, to_onnx
+from .pack import pack
+from .sizes import artifact_bytes
+
+TRAINED_DIR = "trained"
+ONNX_FILE = "model.onnx"
+RUN_FILES = ("config.json", "model.safetensors")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunExport:
+    """What :func:`export_run` wrote. ``packed_bytes``: the packed artifact's files;
+    ``fp32_state_bytes``: the trained model's state dict in fp32."""
+
+    directory: str
+    model_name: str
+    packed: PackedModel
+    packed_bytes: int
+    fp32_state_bytes: int
+    onnx: OnnxExport | None
+
+    @property
+    def compression(self) -> float:
+        return self.fp32_state_bytes / self.packed_bytes
+
+
+def onnx_example_input(input_shape: tuple[int, ...]) -> torch.Tensor:
+    """A seeded standard-normal batch of 2 for the ONNX exporter (only its shape matters: the
+    batch dim stays dynamic)."""
+    return torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+
+
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = False,
+               overwrite: bool = False) -> RunExport:
+    """Export the best model of the training run ``run_dir`` (``bnnkit train --out``) to ``out``:
+    the packed artifact, a copy of the trained model, and with ``onnx=True`` the ONNX graph
+    (packed weights, verified in ONNX Runtime). An existing ``out`` is replaced only with
+    ``overwrite=True``."""
+    from bnnkit.train import load_run
+
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
+    model, config = load_run(run_dir)
+    input_shape = tuple(config["input_shape"])
+    packed = pack(model, architecture={"name": config["model"], "kwargs": config["model_kwargs"]},
+                  input_shape=input_shape)
+    with staged_directory(os.fspath(out), overwrite=overwrite) as staging:
+        packed.save(staging)
+        os.mkdir(os.path.join(staging, TRAINED_DIR))
+        for name in RUN_FILES:
+            shutil.copy2(os.path.join(run_dir, name), os.path.join(staging, TRAINED_DIR, name))
+        onnx_info = to_onnx(model, os.path.join(staging, ONNX_FILE), onnx_example_input(input_shape)) if onnx else None
+        packed_bytes = artifact_bytes(staging)
+    directory = os.path.abspath(os.fspath(out))
+    if onnx_info is not None:
+        onnx_info = dataclasses.replace(onnx_info, path=os.path.join(directory, ONNX_FILE))
+    return RunExport(directory=directory, model_name=config["model"], packed=packed, packed_bytes=packed_bytes,
+                     fp32_state_bytes=packed.fp32_state_bytes, onnx=onnx_info)
