@@ -381,9 +381,9 @@ def format_cases() -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``bnnkit bench`` and ``python -m benchmarks``."""
-    parser.add_argument("--suite", nargs="+", default=None, metavar="SUITE",
+    parser.add_argument("--suite", nargs="+", action="extend", default=None, metavar="SUITE",
                         help=f"suites to run (default: all): {', '.join(SUITES)}; the ceilings are always measured")
-    parser.add_argument("--case", nargs="+", default=None, metavar="GLOB",
+    parser.add_argument("--case", nargs="+", action="extend", default=None, metavar="GLOB",
                         help="run only cases whose name matches one of these glob patterns")
     parser.add_argument("--quick", action="store_true",
                         help="fewer shapes and repetitions (about a minute on a CPU; the GPU check's mode)")

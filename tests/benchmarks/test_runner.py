@@ -191,3 +191,15 @@ def test_run_file_checks(tmp_path, fake_suite):
 def test_text_table_lists_rows_with_derived_figures(fake_suite):
     text = runner.format_rows(run_fake(cases=["good"]).rows)
     assert "fake/good" in text and "50 GB/s" in text and "2x vs base" in text and "50% of copy" in text
+
+
+def test_repeated_suite_and_case_options_add_up():
+    import argparse
+
+    from bnnkit.benchmarks.runner import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--suite", "quantize", "--suite", "gemm", "conv", "--case", "a*", "--case", "b*"])
+    assert args.suite == ["quantize", "gemm", "conv"] and args.case == ["a*", "b*"]
+    assert parser.parse_args([]).suite is None
