@@ -19,11 +19,11 @@ matmul_nbits; README, section ONNX):
   weigh the same in both).
 - exactness and speed: onnxruntime folds the bit subgraph into float weights at session
   start, so the session runs the float graph's kernels. DequantizeLinear is not folded: it
-  runs on every inference (digits_mlp batch 1: 11x slower; resnet20: +60% at batch 1, +80%
+  runs on every inference (digits_mlp batch 1: 9x slower; resnet20: +70% at batch 1, +66%
   at batch 64). Only for MatMul does onnxruntime fuse it into MatMulNBits, which keeps the
   weights packed in memory, but at its default accuracy level that kernel quantizes the
   activations to int8 (error 0.46 on a 2048x2048 ±1 matmul, far outside the 1e-4 bound), and
-  at accuracy level 0 (fp32) 2-bit weights ran 28x slower than the float MatMul at batch 1.
+  at accuracy level 0 (fp32) 2-bit weights ran 15x slower than the float MatMul at batch 1.
 - portability: INT2 needs opset 25; BitShift/BitwiseAnd run with opset 18.
 
 The cost of bits: session memory holds float weights, as for an unpacked graph.
