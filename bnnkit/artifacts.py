@@ -24,6 +24,12 @@ class ArtifactError(ValueError):
     """A file bnnkit reads is missing, corrupt, of the wrong version or inconsistent."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """A temporary file name beside ``path`` to write to; renamed to ``path`` when the block
@@ -34,6 +40,7 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -158,6 +165,10 @@ def read_artifact(directory: str, *, kind: str, versions: tuple[int, ...],
     if manifest.get("format_version") not in versions:
         raise ArtifactError(f"{directory!r} has {kind} format version {manifest.get('format_version')!r}; "
                             f"this bnnkit reads versions {', '.join(map(str, versions))}")
+    for name in [manifest.get("tensor_file", "model.safetensors"), *(manifest.get("files") or {})]:
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+            raise ArtifactError(f"manifest of {directory!r} names the file {name!r}; only plain file names inside "
+                                "the artifact directory are accepted")
     tensor_path = os.path.join(directory, manifest.get("tensor_file", "model.safetensors"))
     if not os.path.isfile(tensor_path):
         raise ArtifactError(f"tensor file {tensor_path!r} named by the manifest is missing")
@@ -171,4 +182,24 @@ def read_artifact(directory: str, *, kind: str, versions: tuple[int, ...],
             raise ArtifactError(f"file {path!r} named by the manifest is missing")
         if sha256_file(path) != expected:
             raise ArtifactError(f"checksum mismatch for {path!r}: the artifact is corrupt or was modified")
-    return manifest, read_tensors(tensor_path)
+    tensors = read_tensors(tensor_path)
+    _check_tensor_table(manifest.get("tensors"), tensors, directory)
+    return manifest, tensors
+
+
+def _check_tensor_table(table: Any, tensors: dict[str, torch.Tensor], directory: str) -> None:
+    """The manifest's optional ``tensors`` table (name -> dtype, shape) must describe the file."""
+    if table is None:
+        return
+    if not isinstance(table, dict):
+        raise ArtifactError(f"manifest of {directory!r}: 'tensors' must map names to dtype and shape")
+    if set(table) != set(tensors):
+        extra, missing = sorted(set(table) - set(tensors)), sorted(set(tensors) - set(table))
+        raise ArtifactError(f"manifest of {directory!r} does not list the tensors of its file: listed but absent "
+                            f"{extra[:5]}, present but unlisted {missing[:5]}")
+    for name, t in tensors.items():
+        entry = table[name]
+        want = {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}
+        if not isinstance(entry, dict) or {k: entry.get(k) for k in want} != want:
+            raise ArtifactError(f"manifest of {directory!r} says tensor {name!r} is {entry!r}; the file holds "
+                                f"{want}: the manifest was modified")

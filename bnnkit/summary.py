@@ -163,7 +163,12 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSummary:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+        try:
+            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"the model does not take inputs of shape {tuple(input_shape)} (batch dim excluded): "
+                             f"{reason}") from None
     finally:
         for h in handles:
             h.remove()

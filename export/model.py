@@ -133,6 +133,11 @@ def load(directory: str | os.PathLike) -> PackedModel:
         packed = _pack(create(architecture["name"], **architecture["kwargs"]), architecture=architecture,
                        input_shape=input_shape, fold=False)
         body = packed.body
+        if manifest.get("layers", {}) != packed.layers:
+            changed = sorted(k for k in set(packed.layers) | set(manifest.get("layers", {}))
+                             if packed.layers.get(k) != manifest.get("layers", {}).get(k))
+            raise ArtifactError(f"manifest of {directory!r} describes layer(s) {', '.join(changed[:5])} differently "
+                                f"from the {architecture['name']} model it names: the manifest was modified")
     elif "program" in arch:
         path = os.path.join(directory, os.path.basename(arch["program"]))
         try:

@@ -177,7 +177,25 @@ def pack(model: nn.Module, *, architecture: dict[str, Any] | None = None,
     Returns:
         a :class:`PackedModel` in eval mode, on CPU, float32.
     """
+    if architecture is not None:
+        _check_matches_architecture(model, architecture)
     return _pack(model, architecture=architecture, input_shape=input_shape, fold=True)
+
+
+def _check_matches_architecture(model: nn.Module, architecture: dict[str, Any]) -> None:
+    """The artifact rebuilds ``architecture`` on load: it must have the model's tensors."""
+    from bnnkit.models import create
+
+    from .model import _check_architecture
+
+    arch = _check_architecture(architecture)
+    want = {k: tuple(v.shape) for k, v in create(arch["name"], **arch["kwargs"]).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        raise ValueError(f"architecture {architecture!r} does not describe this model: tensor(s) "
+                         f"{', '.join(diff[:5])}{'...' if len(diff) > 5 else ''} differ in name or shape; pass the "
+                         "zoo name and kwargs the model was created with, or architecture=None to store a program")
 
 
 def _pack(model: nn.Module, *, architecture, input_shape, fold: bool) -> PackedModel:

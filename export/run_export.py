@@ -21,7 +21,7 @@ from bnnkit.artifacts import staged_directory
 from .model import PackedModel
 from .onnx import OnnxExport, to_onnx
 from .pack import pack
-from .sizes import artifact_bytes
+from .sizes import artifact_bytes, is_packed_artifact
 
 TRAINED_DIR = "trained"
 ONNX_FILE = "model.onnx"
@@ -51,6 +51,19 @@ def onnx_example_input(input_shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
 
 
+def _check_destination(run_dir: str, out: str, overwrite: bool) -> None:
+    """``out`` may replace only an earlier export directory (or an empty one), never the run."""
+    if run_dir == out or run_dir.startswith(out.rstrip(os.sep) + os.sep):
+        raise ValueError(f"--out {out!r} would replace the training run {run_dir!r}; choose another directory")
+    if not os.path.exists(out):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out!r} already exists; pass overwrite=True (--overwrite) to replace it")
+    if not os.path.isdir(out) or (os.listdir(out) and not is_packed_artifact(out)):
+        raise FileExistsError(f"refusing to replace {out!r}: it is not an export directory (no bnnkit manifest.json); "
+                              "--overwrite replaces only an earlier export or an empty directory")
+
+
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = False,
                overwrite: bool = False) -> RunExport:
     """Export the best model of the training run ``run_dir`` (``bnnkit train --out``) to ``out``:
@@ -62,6 +75,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool
     run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
+    _check_destination(os.path.abspath(run_dir), os.path.abspath(os.fspath(out)), overwrite)
     model, config = load_run(run_dir)
     input_shape = tuple(config["input_shape"])
     packed = pack(model, architecture={"name": config["model"], "kwargs": config["model_kwargs"]},

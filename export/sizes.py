@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from bnnkit.artifacts import read_json
+from bnnkit.artifacts import read_artifact, read_json
 
-from .model import FORMAT_KIND
+from .model import FORMAT_KIND, SUPPORTED_VERSIONS
 
 
 def is_packed_artifact(directory: str) -> bool:
@@ -41,8 +41,9 @@ def measured_artifact_bytes(model: nn.Module, architecture: dict[str, Any], inpu
 
 
 def packed_artifact_report(directory: str) -> dict[str, Any]:
-    """Per-layer encodings and the artifact's size next to the fp32 state dict it came from."""
-    manifest = read_json(os.path.join(directory, "manifest.json"), "manifest")
+    """Per-layer encodings and the artifact's size next to the fp32 state dict it came from.
+    The artifact is checked first (kind, version, checksums, tensor table), as ``load`` does."""
+    manifest, _ = read_artifact(directory, kind=FORMAT_KIND, versions=SUPPORTED_VERSIONS)
     size = artifact_bytes(directory)
     fp32 = manifest.get("fp32_state_dict_bytes")
     arch = manifest.get("architecture", {})

@@ -101,9 +101,9 @@ def _config(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8
 
 
 # Compiled for sm_80 and sm_90 with every activation mode, weight format and epilogue without
-# a register spill (tests/kernels/test_kernel_compile.py, BNNKIT_COMPILE_SWEEP=1). The gathered
-# activation rows (per-tap masks and offsets) cost registers, so BK stays at 32 channels;
-# BK = 64 and 128x64 tiles spilled.
+# a register spill, as far as _prune lets each combination use them (tests/kernels/
+# test_kernel_compile.py, BNNKIT_COMPILE_SWEEP=1). The gathered activation rows (per-tap masks
+# and offsets) cost registers, so BK stays at 32 channels; BK = 64 and 128x64 tiles spilled.
 CONV_INT8_CONFIGS = [
     _config(128, 128, 32, 8, 4),
     _config(64, 128, 32, 4, 4),
@@ -122,8 +122,13 @@ INTERPRET_CONV_CONFIG = {"BM": 32, "BN": 128, "BK": 128, "GROUP_M": 2}  # big ti
 
 def _prune(configs, named_args, **kwargs):
     m, c = named_args["M"], named_args["C"]
+    # packed activations with int8 weights and a float epilogue + residual: tiles above 64x64
+    # spill on sm_80 / sm_90 (the unpacking shifts of both operands and the residual tile)
+    heaviest = (kwargs.get("A_MODE") == ActivationMode.PACKED and kwargs.get("W_PACKED") is False
+                and kwargs.get("OUT_MODE") == 1 and kwargs.get("HAS_RESIDUAL"))
     fitting = [cfg for cfg in configs if cfg.kwargs["BM"] <= max(64, next_power_of_2(m))
-               and cfg.kwargs["BK"] <= max(32, next_power_of_2(c))]
+               and cfg.kwargs["BK"] <= max(32, next_power_of_2(c))
+               and not (heaviest and cfg.kwargs["BM"] * cfg.kwargs["BN"] > 64 * 64)]
     return fitting or configs[-1:]
 
 
@@ -293,7 +298,7 @@ def binary_conv2d(
         if interpreting():
             cfg, launch = INTERPRET_CONV_CONFIG, {}
         else:
-            c = _prune(tuned.configs, {"M": m, "C": in_channels})[0]
+            c = _prune(tuned.configs, {"M": m, "C": in_channels}, **consts)[0]
             cfg, launch = c.kwargs, {"num_warps": c.num_warps, "num_stages": c.num_stages}
         grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(co, cfg["BN"]),)
         _binary_conv_kernel[grid](*args, **consts, **cfg, **launch, EVEN_C=in_channels % cfg["BK"] == 0)

@@ -64,3 +64,16 @@ def test_corrupt_tensor_file(tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(ArtifactError, match="not a readable safetensors file"):
         read_tensors(str(path))
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Temporary files are owner-only; what is renamed into place follows the umask like any file."""
+    mask = os.umask(0o022)
+    try:
+        write_json(str(tmp_path / "a.json"), {"x": 1})
+        write_artifact(str(tmp_path / "art"), {"a": torch.ones(1)}, {}, kind="test", version=1)
+    finally:
+        os.umask(mask)
+    for path in (tmp_path / "a.json", tmp_path / "art" / "model.safetensors", tmp_path / "art" / "manifest.json"):
+        assert os.stat(path).st_mode & 0o777 == 0o644, path
+    assert os.stat(tmp_path / "art").st_mode & 0o777 == 0o755

@@ -160,5 +160,5 @@ def test_a32_and_estimator_options():
     model = models.create("resnet20", a32=True, estimator="ste", scale="channel")
     layers = [m for _, m in binary_layers(model)]
     assert all(m.input_estimator is None and m.weight_estimator == "ste" and m.scale == "channel" for m in layers)
-    with pytest.raises(TypeError, match="bad arguments for model 'resnet20'"):
+    with pytest.raises(ValueError, match="bad arguments for model .resnet20.*it accepts: num_classes"):
         models.create("resnet20", width=3)

@@ -45,3 +45,10 @@ def test_summary_restores_training_mode():
     assert model.training
     with torch.no_grad():
         assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_wrong_input_shape_is_a_clear_error(capsys):
+    from bnnkit.cli import main
+
+    assert main(["summary", "--model", "digits_mlp", "--input-shape", "3", "32", "32"]) == 2
+    assert "does not take inputs of shape (3, 32, 32)" in capsys.readouterr().err

@@ -113,3 +113,17 @@ def test_corrupt_or_missing_runs_give_clear_errors(tmp_path):
         train(digits_config(tmp_path / "x", device="tpu"), log=lambda *a: None)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         train(digits_config(tmp_path / "x", epochs=0), log=lambda *a: None)
+
+
+def test_bad_options_fail_before_the_run_directory_exists(tmp_path, capsys):
+    from bnnkit.cli import main
+
+    cases = [(["--t", "0.05"], "t (--t) must be a finite clipping threshold > 0.1"),
+             (["--model-arg", "hiden=8"], "it accepts: num_classes, hidden"),
+             (["--epochs", "1", "--warmup-epochs", "3"], "pass --warmup-epochs 0 for a short run")]
+    for i, (extra, message) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        assert main(["train", "--model", "digits_mlp", "--dataset", "synthetic", "--out", str(out),
+                     "--no-progress", *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()

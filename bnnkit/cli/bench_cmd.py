@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
                     "and p20/p80 ms, GB/s or TOPS, percent of the ceilings measured in the same run, speedup over "
                     "each baseline). A suite whose module is absent, or whose cases run on another device only, is "
                     "reported as skipped; a failing case is reported and the others still run (exit code 1). "
-                    "Record a run with 'python -m bnnkit.benchmarks.recording RUN.json'.",
+                    "Record a run with 'python -m bnnkit.benchmarks.recording merge RUN.json'.",
     )
     from bnnkit.benchmarks.runner import add_arguments
 

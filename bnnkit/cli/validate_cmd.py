@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
     directory = args.artifact_dir
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"artifact directory {directory!r} does not exist")
+    if not os.path.isdir(os.path.join(directory, TRAINED_DIR)) and os.path.isfile(os.path.join(directory, "config.json")):
+        raise ValueError(f"{directory!r} is a training run, not an export directory; make one with: "
+                         f"bnnkit export {directory} --out EXPORT_DIR --onnx")
     config = read_json(os.path.join(directory, TRAINED_DIR, "config.json"), "trained model config")
     input_shape, num_classes = tuple(config["input_shape"]), int(config["num_classes"])
     data = args.data or config.get("train", {}).get("dataset", "synthetic")

@@ -55,4 +55,7 @@ def create(name: str, **kwargs) -> nn.Module:
     try:
         return info.builder(**kwargs)
     except TypeError as e:
-        raise TypeError(f"bad arguments for model {name!r}: {e}") from None
+        import inspect
+
+        accepted = ", ".join(p for p in inspect.signature(info.builder).parameters if p not in ("args", "kwargs"))
+        raise ValueError(f"bad arguments for model {name!r}: {e}; it accepts: {accepted}") from None

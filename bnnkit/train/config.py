@@ -6,6 +6,8 @@ import dataclasses
 import math
 from typing import Any
 
+from bnnkit.kernels.sign_grad import RESTE_M
+
 RUN_FORMAT_VERSION = 1
 
 AMP_DTYPES = {None: None, "bf16": "bfloat16", "fp16": "float16"}
@@ -84,9 +86,12 @@ class TrainConfig:
         if cfg.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {cfg.batch_size}")
         if not 0 <= cfg.warmup_epochs < cfg.epochs:
-            raise ValueError(f"warm-up epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
+            raise ValueError(f"warm-up epochs (--warmup-epochs, {cfg.warmup_epochs} here) must be in [0, --epochs="
+                             f"{cfg.epochs}); pass --warmup-epochs 0 for a short run")
         if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
             raise ValueError(f"learning rate must be positive, got {cfg.lr}")
+        if not (math.isfinite(cfg.t) and cfg.t > RESTE_M):
+            raise ValueError(f"t (--t) must be a finite clipping threshold > {RESTE_M} (ReSTE's m), got {cfg.t}")
         if not (math.isfinite(cfg.o_end) and cfg.o_end >= 1):
             raise ValueError(f"o_end must be >= 1, got {cfg.o_end}")
         if cfg.workers < 0:

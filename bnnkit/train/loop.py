@@ -200,9 +200,6 @@ def _train(config: TrainConfig, context: DistributedContext, resume: bool, log) 
     elif os.path.exists(os.path.join(run_dir, ckpt.CHECKPOINT_STATE_FILE)):
         raise FileExistsError(f"{run_dir!r} already holds a training run; pass --resume to continue it "
                               "or choose another --out")
-    if main:
-        os.makedirs(run_dir, exist_ok=True)
-
     info = models.model_info(config.model)
 
     def load() -> DatasetSplits:
@@ -221,6 +218,9 @@ def _train(config: TrainConfig, context: DistributedContext, resume: bool, log) 
     pin = device.type == "cuda"
     test_loader = make_loader(splits.test, max(batch_size, 256), shuffle=False, workers=config.workers,
                               sampler=distributed.eval_sampler(len(splits.test), context), pin_memory=pin)
+
+    if main:  # only now: a bad option or dataset leaves no directory behind
+        os.makedirs(run_dir, exist_ok=True)
 
     start_epoch, best = 0, {"test_acc": -1.0, "epoch": -1}
     metrics_path = os.path.join(run_dir, ckpt.METRICS_FILE)

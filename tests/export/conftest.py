@@ -2,6 +2,7 @@
 binarization contain exact zeros, and every zoo model exported once per session."""
 
 import dataclasses
+import pathlib
 
 import pytest
 import torch
@@ -79,4 +80,4 @@ def digits_artifact(tmp_path_factory):
     run_dir = str(root / "run")
     train(TrainConfig(model="digits_mlp", dataset="digits", out=run_dir, epochs=3, batch_size=16,
                       model_kwargs={"hidden": 64}, progress=False), log=lambda *a: None)
-    return export_run(run_dir, root / "artifact", onnx=True).directory
+    return pathlib.Path(export_run(run_dir, root / "artifact", onnx=True).directory)

@@ -90,8 +90,32 @@ def test_missing_tensor_is_refused(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["sha256"] = sha256_file(out / "model.safetensors")  # consistent checksum, tensor still missing
     (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"listed but absent \['layer2.1.conv1.thresholds'\]"):
+        load(out)
+    del manifest["tensors"]["layer2.1.conv1.thresholds"]  # a manifest edited to match: the model needs it
+    (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="lacks tensor.*layer2.1.conv1.thresholds"):
         load(out)
+
+
+@pytest.mark.parametrize("edit", ["dtype", "layer", "tensor_file"])
+def test_edited_manifest_is_refused(tmp_path, edit):
+    _, _, out = _saved(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    if edit == "dtype":
+        manifest["tensors"]["linear.weight"]["dtype"] = "float16"
+        match = "says tensor 'linear.weight' is .*the manifest was modified"
+    elif edit == "layer":
+        manifest["layers"]["layer1.0.conv1"]["relu"] = False
+        match = "describes layer\\(s\\) layer1.0.conv1 differently"
+    else:
+        manifest["tensor_file"] = "../elsewhere.safetensors"
+        match = "only plain file names"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=match):
+        load(out)
+    if edit != "layer":  # the artifact-level checks also guard bnnkit summary
+        assert main(["summary", str(out)]) == 2
 
 
 def test_missing_files_and_wrong_kind(tmp_path):
@@ -213,6 +237,10 @@ def test_unsupported_layers_are_named():
         pack(NotSign())
     with pytest.raises(ValueError, match="unknown model"):
         pack(_resnet20(), architecture={"name": "resnet50", "kwargs": {}})
+    with pytest.raises(ValueError, match="does not describe this model"):
+        pack(models.create("digits_cnn"), architecture={"name": "resnet20", "kwargs": {}})
+    with pytest.raises(ValueError, match="does not describe this model"):
+        pack(models.create("digits_mlp", hidden=64), architecture={"name": "digits_mlp", "kwargs": {}})
 
 
 def test_cli_export_and_summary(tmp_path, capsys):
@@ -264,3 +292,13 @@ def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
     assert os.listdir(tmp_path / "exports") == []
     assert main(["export", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "run directory" in capsys.readouterr().err and not out.exists()
+    # --overwrite replaces an earlier export only: never the run, a folder holding it, or other files
+    for target in (run, str(tmp_path)):
+        assert main(["export", run, "--out", target, "--overwrite"]) == 2
+        assert "would replace the training run" in capsys.readouterr().err
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    assert main(["export", run, "--out", str(other), "--overwrite"]) == 2
+    assert "not an export directory" in capsys.readouterr().err and (other / "keep.txt").exists()
+    assert os.path.isfile(os.path.join(run, "metrics.jsonl")) and os.path.isfile(os.path.join(run, "config.json"))

@@ -114,6 +114,9 @@ def test_nothing_to_compare_fails(digits_artifact, tmp_path, capsys):
 def test_user_errors(digits_artifact, tmp_path, capsys):
     assert main(["validate", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    run_dir = copy_artifact(digits_artifact / "trained", tmp_path / "run")  # a run, not an export
+    assert main(["validate", str(run_dir)]) == 2
+    assert "is a training run, not an export directory" in capsys.readouterr().err
     assert main(["validate", str(digits_artifact), "--samples", "0", "--json", str(tmp_path / "r.json")]) == 2
     assert "--samples must be >= 1" in capsys.readouterr().err
     assert main(["validate", str(digits_artifact), "--data", "synthetic", "--samples", "4",

@@ -110,14 +110,19 @@ def _sweep_requests():
                                                                EPILOGUES):
                 if real and ep[2]:
                     continue
-                if gemm._prune_mma([cfg], {"M": 1 << 20}, OUT_MODE=ep[0], HAS_RESIDUAL=ep[1]) != [cfg]:
-                    continue  # config not used for this epilogue
+                if cfg not in gemm._prune_mma(configs, {"M": 1 << 20}, A_MODE=a_mode, W_PACKED=w_packed,
+                                              OUT_MODE=ep[0], HAS_RESIDUAL=ep[1]):
+                    continue  # the launcher never uses this config for this combination
                 reqs.append(_gemm_request(cfg, arch, a_mode, w_packed, ep, desc))
         for real, configs in conv.conv_config_lists(arch).items():
             for cfg, a_mode, w_packed, ep in itertools.product(configs, (3,) if real else (0, 1, 2), (True, False),
                                                                EPILOGUES):
-                if not (real and ep[2]):
-                    reqs.append(_conv_request(cfg, arch, a_mode, w_packed, ep))
+                if real and ep[2]:
+                    continue
+                if cfg not in conv._prune(configs, {"M": 1 << 20, "C": 1 << 10}, A_MODE=a_mode, W_PACKED=w_packed,
+                                          OUT_MODE=ep[0], HAS_RESIDUAL=ep[1]):
+                    continue  # the launcher never uses this config for this combination
+                reqs.append(_conv_request(cfg, arch, a_mode, w_packed, ep))
     return reqs
 
 
@@ -132,3 +137,15 @@ def test_every_config_compiles_without_spills():
         print(line)
     spilled = [line for line, r in zip(lines, reports) if r.spill_bytes]
     assert not spilled, "\n".join(spilled)
+
+
+def test_launchers_never_pick_the_configs_that_spill():
+    """What the sweep found spilling on sm_90 / sm_80 is pruned before launch (autotuned or not)."""
+    big_conv = {"M": 1 << 20, "C": 1 << 10}
+    heaviest = dict(A_MODE=2, W_PACKED=False, OUT_MODE=1, HAS_RESIDUAL=True)  # packed act., int8 weights
+    kept = conv._prune(conv.CONV_INT8_CONFIGS, big_conv, **heaviest)
+    assert [(c.kwargs["BM"], c.kwargs["BN"]) for c in kept] == [(64, 64)]
+    assert conv._prune(conv.CONV_INT8_CONFIGS, big_conv, **{**heaviest, "W_PACKED": True}) == conv.CONV_INT8_CONFIGS
+    for configs in gemm.MMA_CONFIGS_SM90.values():
+        kept = gemm._prune_mma(configs, {"M": 1 << 20}, OUT_MODE=1, HAS_RESIDUAL=True)
+        assert kept and all(c.kwargs["BM"] * c.kwargs["BN"] <= 128 * 128 for c in kept)
