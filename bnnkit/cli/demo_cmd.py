@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or tempfile.mkdtemp(prefix="bnnkit-demo-")
     run_dir = os.path.join(out, "run")
     export_dir = os.path.join(out, "export")
+    for existing in (run_dir, export_dir):
+        if os.path.exists(existing):
+            raise FileExistsError(f"{existing!r} already exists (an earlier demo?); choose another --out")
     print(f"[1/4] training {args.model} on the digits set -> {run_dir}")
     result = train(TrainConfig(model=args.model, dataset="digits", out=run_dir, epochs=args.epochs,
                                progress=not args.no_progress))

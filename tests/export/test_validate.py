@@ -144,6 +144,12 @@ def test_compare_outputs_reports_the_first_disagreement():
         compare_outputs(ref, ref[:2])
 
 
+def test_demo_refuses_an_earlier_demo_directory(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--no-progress"]) == 2
+    assert "already exists (an earlier demo?); choose another --out" in capsys.readouterr().err
+
+
 def test_demo_trains_exports_and_validates(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
