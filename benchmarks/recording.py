@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from bnnkit.artifacts import ArtifactError, read_json, write_json
+from bnnkit.artifacts import ArtifactError, read_versioned_json, write_json
 
 from .environment import REPO_ROOT, UNKNOWN_COMMIT, device_slug
 from .runner import RUN_FORMAT, RUN_VERSION, format_rows, read_run_file
@@ -50,12 +50,7 @@ def results_path(results_dir: str, device: str) -> str:
 
 def read_results(path: str) -> dict:
     """A results file, checked; a missing file is an error (see :func:`load_results_dir`)."""
-    doc = read_json(path, "benchmark results file")
-    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
-        raise ArtifactError(f"{path!r} is not a bnnkit benchmark results file (format {RESULTS_FORMAT!r} expected)")
-    if doc.get("version") != RESULTS_VERSION:
-        raise ArtifactError(f"benchmark results file {path!r} has version {doc.get('version')!r}; "
-                            f"this bnnkit reads version {RESULTS_VERSION}")
+    doc = read_versioned_json(path, "benchmark results file", fmt=RESULTS_FORMAT, version=RESULTS_VERSION)
     if not isinstance(doc.get("device"), str) or not isinstance(doc.get("rows"), list):
         raise ArtifactError(f"benchmark results file {path!r} lacks its device name or its rows list")
     return doc

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from bnnkit.artifacts import ArtifactError, read_json, write_json
+from bnnkit.artifacts import ArtifactError, read_versioned_json, write_json
 
 from . import ceilings as ceilings_suite
 from .environment import run_metadata
@@ -328,12 +328,7 @@ def ceilings_from_run_file(path: str, device_name: str | None = None) -> dict[st
 
 def read_run_file(path: str) -> dict:
     """A run file written by :func:`main`, with its format and version checked."""
-    doc = read_json(path, "benchmark run file")
-    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
-        raise ArtifactError(f"{path!r} is not a bnnkit benchmark run file (format {RUN_FORMAT!r} expected)")
-    if doc.get("version") != RUN_VERSION:
-        raise ArtifactError(f"benchmark run file {path!r} has version {doc.get('version')!r}; "
-                            f"this bnnkit reads version {RUN_VERSION}")
+    doc = read_versioned_json(path, "benchmark run file", fmt=RUN_FORMAT, version=RUN_VERSION)
     for key in ("run", "rows", "suites"):
         if key not in doc:
             raise ArtifactError(f"benchmark run file {path!r} lacks {key!r}")

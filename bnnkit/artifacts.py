@@ -65,6 +65,17 @@ def read_json(path: str, what: str = "file") -> Any:
         raise ArtifactError(f"{what} {path!r} is not valid JSON: {e}") from None
 
 
+def read_versioned_json(path: str, what: str, *, fmt: str, version: int) -> dict[str, Any]:
+    """A JSON object whose ``format`` is ``fmt`` and ``version`` is ``version``; anything else
+    is an :class:`ArtifactError` naming ``what`` was expected."""
+    doc = read_json(path, what)
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise ArtifactError(f"{path!r} is not a bnnkit {what} (format {fmt!r} expected)")
+    if doc.get("version") != version:
+        raise ArtifactError(f"{what} {path!r} has version {doc.get('version')!r}; this bnnkit reads version {version}")
+    return doc
+
+
 def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` (contiguous CPU copies are made) to a safetensors file atomically."""
     from safetensors.torch import save_file
