@@ -99,6 +99,19 @@ WEIGHT_WARPS = 4
 
 
 @triton.jit
+def _group_chunk(k, chunk, INDEX_64: tl.constexpr):
+    """This program's group ``g`` (axis 0) and chunk ``s`` (axis 1): ``(g, s, row, lo, hi)`` with
+    ``row = g * k`` the group's first element and ``lo <= j < hi`` the chunk (int64 when ``INDEX_64``)."""
+    g = tl.program_id(0)
+    s = tl.program_id(1)
+    if INDEX_64:
+        g = g.to(tl.int64)
+        s = s.to(tl.int64)
+    lo = s * chunk
+    return g, s, g * k, lo, tl.minimum(lo + chunk, k)
+
+
+@triton.jit
 def _group_sum(w_ptr, grad_out_ptr, row, lo, hi, WITH_GRAD: tl.constexpr, BLOCK: tl.constexpr):
     """Float32 sum over elements ``lo <= j < hi`` of the group starting at ``row``:
     ``|w|``, or ``grad_out * binarize(w)`` when ``WITH_GRAD``."""
@@ -135,14 +148,8 @@ def _group_partial_sum_kernel(
     WITH_GRAD: tl.constexpr, BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     """``partial[g, s]``: sum over chunk ``s`` (``chunk`` elements) of group ``g`` (``k`` elements)."""
-    g = tl.program_id(0)
-    s = tl.program_id(1)
-    if INDEX_64:
-        g = g.to(tl.int64)
-        s = s.to(tl.int64)
-    lo = s * chunk
-    hi = tl.minimum(lo + chunk, k)
-    total = _group_sum(w_ptr, grad_out_ptr, g * k, lo, hi, WITH_GRAD, BLOCK)
+    g, s, row, lo, hi = _group_chunk(k, chunk, INDEX_64)
+    total = _group_sum(w_ptr, grad_out_ptr, row, lo, hi, WITH_GRAD, BLOCK)
     tl.store(partial_ptr + g * splits + s, total)
 
 
@@ -153,18 +160,11 @@ def _scaled_binarize_forward_kernel(
 ):
     """``alpha[g] = sum|w| / k``; ``out = +alpha`` where ``w >= 0``, ``-alpha`` elsewhere, over chunk
     ``program_id(1)`` of group ``program_id(0)``."""
-    g = tl.program_id(0)
-    s = tl.program_id(1)
-    if INDEX_64:
-        g = g.to(tl.int64)
-        s = s.to(tl.int64)
-    row = g * k
+    g, s, row, lo, hi = _group_chunk(k, chunk, INDEX_64)
     total = _group_total(w_ptr, w_ptr, partial_ptr, g, row, k, splits, False, FUSED, SPLITS_BLOCK, BLOCK)
     alpha = total / k
     if s == 0:
         tl.store(alpha_ptr + g, alpha)
-    lo = s * chunk
-    hi = tl.minimum(lo + chunk, k)
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < hi
@@ -182,17 +182,10 @@ def _scaled_binarize_backward_kernel(
 ):
     """``grad_w = alpha * g(w) * grad_out + sgn(w) * sum_group(grad_out * binarize(w)) / k`` over
     chunk ``program_id(1)`` of group ``program_id(0)``."""
-    g = tl.program_id(0)
-    s = tl.program_id(1)
-    if INDEX_64:
-        g = g.to(tl.int64)
-        s = s.to(tl.int64)
-    row = g * k
+    g, s, row, lo, hi = _group_chunk(k, chunk, INDEX_64)
     total = _group_total(w_ptr, grad_out_ptr, partial_ptr, g, row, k, splits, True, FUSED, SPLITS_BLOCK, BLOCK)
     through_alpha = total / k
     alpha = tl.load(alpha_ptr + g)
-    lo = s * chunk
-    hi = tl.minimum(lo + chunk, k)
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < hi
