@@ -109,7 +109,9 @@ class _ScaledBinaryNet(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv0 = torch.nn.Conv2d(1, 8, 3, padding=1)
+        # no bias: before a training-mode BatchNorm its gradient is 0 up to rounding, so whether
+        # it moves in one step depends on the float order of the BN backward
+        self.conv0 = torch.nn.Conv2d(1, 8, 3, padding=1, bias=False)
         self.bn0 = torch.nn.BatchNorm2d(8)
         self.conv1 = BinaryConv2d(8, 16, 3, padding=1, bias=False, scale="channel")
         self.fc = BinaryLinear(16 * 64, 10, input_estimator=None, scale="tensor")
