@@ -6,7 +6,7 @@
   trained model as it is (it binarizes its weights, mean |w| included, on every forward) and
   its inference form with constant binary weights (what the ONNX graph computes).
 - ``onnx/weight_format``: the measurement behind the packed format of ``to_onnx`` (see
-  :mod:`bnnkit.export.onnx_graph`): file size, session memory (RSS growth of a fresh process
+  :mod:`bnnkit.export.onnx.graph`): file size, session memory (RSS growth of a fresh process
   that opens the session and runs it once) and CPU latency of float weights, uint8 sign bits
   unpacked in-graph (bnnkit's packed form) and INT2 weights with DequantizeLinear (opset 25).
 - ``onnx/matmul_nbits``: a 2048x2048 ±1 MatMul as float and as blockwise INT2/INT4
@@ -78,7 +78,7 @@ def latency(ctx: BenchContext) -> list[dict]:
 
     provider = "CPUExecutionProvider" if ctx.device.type == "cpu" else "CUDAExecutionProvider"
     rows = []
-    from bnnkit.export.onnx_modules import inference_model
+    from bnnkit.export.onnx.modules import inference_model
 
     for name in MODELS:
         model = _model(name).to(ctx.device)
@@ -109,7 +109,7 @@ def _int2_variant(name: str) -> str:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from bnnkit.export.onnx_modules import binary_weights, inference_model
+    from bnnkit.export.onnx.modules import binary_weights, inference_model
 
     graph = onnx.load(_exported(name, False))
     graph = onnx.version_converter.convert_version(graph, 25)

@@ -5,6 +5,10 @@
   PyTorch references elsewhere.
 - ``to_onnx(model, path, example_input, packed=True)``: an ONNX graph that onnxruntime runs.
 - ``export_run(run_dir, out, onnx=True)``: what ``bnnkit export`` writes for a training run.
+- ``validate_artifact(dir, inputs)``: every runtime of an export directory against the trained model.
+
+Sub-packages by stage, in the order of the command line: ``packing`` (trace, fuse, fold),
+``runtime`` (packed layers and ops, ``PackedModel``, the artifact), ``onnx``, ``validation``.
 
 Example::
 
@@ -15,14 +19,12 @@ Example::
     same = bnnkit.export.load("resnet20.packed")
 """
 
-from .fold import PackError
-from .layers import PackedConv2d, PackedLinear
-from .model import FORMAT_KIND, FORMAT_VERSION, PackedModel, load
-from .onnx import OnnxExport, OnnxExportError, to_onnx
-from .onnx_modules import UnsupportedLayerError
-from .pack import pack
+from .onnx import OnnxExport, OnnxExportError, UnsupportedLayerError, to_onnx
+from .packing import PackError, pack
 from .run_export import RunExport, export_run
+from .runtime import FORMAT_KIND, FORMAT_VERSION, PackedConv2d, PackedLinear, PackedModel, load
+from .validation import ValidationReport, compare_outputs, validate_artifact
 
 __all__ = ["FORMAT_KIND", "FORMAT_VERSION", "OnnxExport", "OnnxExportError", "PackError", "PackedConv2d",
-           "PackedLinear", "PackedModel", "RunExport", "UnsupportedLayerError", "export_run", "load", "pack",
-           "to_onnx"]
+           "PackedLinear", "PackedModel", "RunExport", "UnsupportedLayerError", "ValidationReport", "compare_outputs",
+           "export_run", "load", "pack", "to_onnx", "validate_artifact"]

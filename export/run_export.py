@@ -18,14 +18,12 @@ import torch
 
 from bnnkit.artifacts import staged_directory
 
-from .model import PackedModel
+from .layout import ONNX_FILE, RUN_FILES, TRAINED_DIR
+from .runtime.model import PackedModel
 from .onnx import OnnxExport, to_onnx
-from .pack import pack
-from .sizes import artifact_bytes, is_packed_artifact
+from .packing import pack
+from .runtime.sizes import artifact_bytes, is_packed_artifact
 
-TRAINED_DIR = "trained"
-ONNX_FILE = "model.onnx"
-RUN_FILES = ("config.json", "model.safetensors")
 
 
 @dataclasses.dataclass(frozen=True)

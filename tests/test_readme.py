@@ -53,7 +53,7 @@ def test_artifact_size_table_matches_the_zoo(tmp_path):
     """The README's artifact sizes are what pack(...).save(DIR) writes today (within 1%: the
     manifest records the bnnkit version)."""
     from bnnkit.export import pack
-    from bnnkit.export.sizes import artifact_bytes
+    from bnnkit.export.runtime.sizes import artifact_bytes
 
     section = readme().split("## Packed export", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| ([a-z0-9_]+)[^|]* \| ([0-9,]+) bytes \| ([0-9,]+) bytes \| ([0-9.]+)x \|$", section, re.M)

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from bnnkit.artifacts import write_json
     from bnnkit.cli.validate_cmd import EXIT_DISAGREES, load_inputs
     from bnnkit.export import export_run
-    from bnnkit.export.validation import validate_artifact
+    from bnnkit.export.validation.report import validate_artifact
     from bnnkit.summary import summarize
     from bnnkit.train import TrainConfig, load_run, train
 

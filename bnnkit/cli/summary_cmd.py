@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
         if not os.path.isdir(args.run_dir):
             raise FileNotFoundError(f"run directory {args.run_dir!r} does not exist")
-        from bnnkit.export.sizes import is_packed_artifact, packed_artifact_report
+        from bnnkit.export.runtime.sizes import is_packed_artifact, packed_artifact_report
 
         if is_packed_artifact(args.run_dir):
             report = packed_artifact_report(args.run_dir)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(model, shape)
     packed_line = None
     if args.run_dir is not None:
-        from bnnkit.export.sizes import measured_artifact_bytes
+        from bnnkit.export.runtime.sizes import measured_artifact_bytes
 
         measured = measured_artifact_bytes(model, {"name": config["model"], "kwargs": config["model_kwargs"]}, shape)
         packed_line = {"artifact_bytes": measured, "fp32_state_dict_bytes": summary_fp32_state(model),

@@ -11,8 +11,8 @@ EXIT_DISAGREES = 1
 
 
 def add_parser(subparsers) -> None:
-    from bnnkit.export.compare import RELATIVE_TOLERANCE
-    from bnnkit.export.runtimes import REFERENCE, RUNTIMES
+    from bnnkit.export.validation.compare import RELATIVE_TOLERANCE
+    from bnnkit.export.validation.runtimes import REFERENCE, RUNTIMES
 
     others = [r for r in RUNTIMES if r != REFERENCE]
     p = subparsers.add_parser(
@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from bnnkit.artifacts import read_json, write_json
-    from bnnkit.export.runtimes import TRAINED_DIR
-    from bnnkit.export.validation import validate_artifact
+    from bnnkit.export.validation.runtimes import TRAINED_DIR
+    from bnnkit.export.validation.report import validate_artifact
 
     directory = args.artifact_dir
     if not os.path.isdir(directory):

@@ -10,10 +10,10 @@ from torch import nn
 import bnnkit
 from bnnkit import models
 from bnnkit.export import OnnxExportError, UnsupportedLayerError, to_onnx
-from bnnkit.export.compare import compare_outputs
+from bnnkit.export.validation.compare import compare_outputs
 from bnnkit.export.onnx import run_onnxruntime
-from bnnkit.export.onnx_graph import op_types
-from bnnkit.export.onnx_ops import pack_weight_bits, unpack_weight_bits
+from bnnkit.export.onnx.graph import op_types
+from bnnkit.export.onnx.ops import pack_weight_bits, unpack_weight_bits
 from bnnkit.kernels.bitpack import pack_signs_reference
 from bnnkit.nn import BinaryConv2d, BinaryLinear
 
@@ -194,7 +194,7 @@ def test_exporter_failure_names_the_root_cause(tmp_path):
 
 
 def test_a_file_that_disagrees_with_the_model_is_an_error(tmp_path, monkeypatch):
-    import bnnkit.export.onnx as onnx_export
+    import bnnkit.export.onnx.export as onnx_export
 
     real = onnx_export.run_onnxruntime
     monkeypatch.setattr(onnx_export, "run_onnxruntime", lambda path, x: real(path, x) + 1.0)  # same top-1

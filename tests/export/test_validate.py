@@ -11,8 +11,8 @@ from onnx import numpy_helper
 from safetensors.torch import load_file, save_file
 
 from bnnkit.cli import main
-from bnnkit.export.compare import compare_outputs
-from bnnkit.export.validation import validate_artifact
+from bnnkit.export.validation.compare import compare_outputs
+from bnnkit.export.validation.report import validate_artifact
 
 
 def copy_artifact(src, dst):

@@ -1,7 +1,7 @@
 """Packed layers: a binary conv / linear with its fused epilogue, as an ``nn.Module``.
 
 They hold only buffers (packed weights and per-channel epilogue parameters) and call the
-ops of :mod:`bnnkit.export.ops`. Activations between PyTorch modules stay NCHW tensors in
+ops of :mod:`bnnkit.export.runtime.ops`. Activations between PyTorch modules stay NCHW tensors in
 channels_last memory format, which is NHWC in memory, so moving in and out of the NHWC
 kernels is a free ``permute``. Between two packed layers that only need signs the tensor is
 the packed bits themselves: ``(N, H, W, ceil(C/32))`` int32 for convolutions, ``(...,

@@ -5,7 +5,7 @@ onnxscript, opset 18 by default), with a dynamic batch axis (other dims as in th
 
 - binary inputs: ``Where(x >= 0, 1, -1)`` (0 -> +1, as in training), never ONNX ``Sign``;
 - binary weights (``packed=True``): sign bits in a uint8 initializer, unpacked in-graph with
-  BitShift/BitwiseAnd and scaled by alpha (see :mod:`bnnkit.export.onnx_graph` for the format
+  BitShift/BitwiseAnd and scaled by alpha (see :mod:`bnnkit.export.onnx.graph` for the format
   and why); ``packed=False``: float initializers holding ``alpha * binarize(w)``;
 - BatchNorm stays a BatchNormalization node. In this model family it follows a ReLU (conv ->
   ReLU -> BN), so it cannot be folded into the conv before it, and the conv after it
@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from bnnkit.artifacts import atomic_path
-from bnnkit.export.compare import RELATIVE_TOLERANCE, Comparison, compare_outputs
-from bnnkit.export.onnx_modules import binary_weights, inference_model, set_emit_onnx_node, weight_numel
+from ..validation.compare import RELATIVE_TOLERANCE, Comparison, compare_outputs
+from .modules import binary_weights, inference_model, set_emit_onnx_node, weight_numel
 
 MIN_OPSET = 18  # BitwiseAnd
 DEFAULT_OPSET = 18
@@ -100,7 +100,7 @@ def _root_cause(e: BaseException) -> str:
 
 
 def _export_graph(view: nn.Module, x: torch.Tensor, opset: int):
-    from bnnkit.export.onnx_graph import binarize_translation, expand_packed_signs, strip_metadata
+    from .graph import binarize_translation, expand_packed_signs, strip_metadata
 
     # torch.export specializes a dim whose example size is 1; trace with batch >= 2.
     trace_x = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
@@ -152,15 +152,15 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.Tens
         opset: ONNX opset, >= 18.
         verify: run the file in onnxruntime (CPU) on ``example_input`` and raise
             :class:`OnnxExportError` if it differs from the model by more than ``tolerance``
-            (relative, see :mod:`bnnkit.export.compare`) or in any top-1.
+            (relative, see :mod:`bnnkit.export.validation.compare`) or in any top-1.
 
     The file passes ``onnx.checker.check_model(full_check=True)``; input ``"input"``, output
-    ``"output"`` (float32). Raises :class:`~bnnkit.export.onnx_modules.UnsupportedLayerError`
+    ``"output"`` (float32). Raises :class:`~bnnkit.export.onnx.modules.UnsupportedLayerError`
     naming a layer without a faithful ONNX form.
     """
     import onnx
 
-    from bnnkit.export.onnx_graph import op_types, set_metadata
+    from .graph import op_types, set_metadata
     from bnnkit.version import __version__
 
     if not isinstance(opset, int) or opset < MIN_OPSET:

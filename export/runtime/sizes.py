@@ -31,7 +31,7 @@ def artifact_bytes(directory: str) -> int:
 
 def measured_artifact_bytes(model: nn.Module, architecture: dict[str, Any], input_shape: tuple[int, ...]) -> int:
     """Pack ``model`` and write its artifact to a temporary directory: the bytes on disk."""
-    from .pack import pack
+    from ..packing import pack
 
     packed = pack(model, architecture=architecture, input_shape=input_shape)
     with tempfile.TemporaryDirectory() as tmp:

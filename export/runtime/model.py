@@ -18,8 +18,8 @@ PROGRAM_FILE = "program.pt2"
 
 
 class PackedModel(nn.Module):
-    """A packed model: binary layers as :class:`~bnnkit.export.layers.PackedConv2d` /
-    :class:`~bnnkit.export.layers.PackedLinear` with fused epilogues, everything else as
+    """A packed model: binary layers as :class:`~bnnkit.export.runtime.layers.PackedConv2d` /
+    :class:`~bnnkit.export.runtime.layers.PackedLinear` with fused epilogues, everything else as
     it was. Inference only (eval mode, no gradients through the packed ops).
 
     ``forward(x)`` takes what the trained model took; 4-D CUDA inputs are made channels_last
@@ -120,7 +120,7 @@ def load(directory: str | os.PathLike) -> PackedModel:
     checksum mismatch, or a missing / unexpected / misshapen tensor, naming what is wrong.
     """
     from . import ops  # noqa: F401  (the program's custom ops must be registered before loading it)
-    from .pack import _pack
+    from ..packing.fusion import _pack
 
     directory = os.fspath(directory)
     manifest, tensors = read_artifact(directory, kind=FORMAT_KIND, versions=SUPPORTED_VERSIONS)

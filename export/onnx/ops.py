@@ -2,7 +2,7 @@
 
 - ``torch.ops.bnnkit_export.binarize(x)``: ``+1`` where ``x >= 0``, ``-1`` elsewhere (NaN ->
   -1), ``x``'s shape and dtype. A torch.library custom op, so the ONNX exporter sees one node
-  and translates it to ``Where(x >= 0, 1, -1)`` (:mod:`bnnkit.export.onnx_graph`), never to
+  and translates it to ``Where(x >= 0, 1, -1)`` (:mod:`bnnkit.export.onnx.graph`), never to
   ONNX ``Sign`` (which maps 0 to 0).
 - Packed weights: :func:`pack_weight_bits` / :func:`unpack_weight_bits`. A binary weight
   ``alpha * binarize(w)`` of shape ``(C_out, ...)`` is stored as

@@ -36,7 +36,7 @@ import math
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bnnkit.export.onnx_modules import PACKED_SIGNS_DOMAIN, PACKED_SIGNS_OP
+from .modules import PACKED_SIGNS_DOMAIN, PACKED_SIGNS_OP
 
 _SHIFTS = "bnnkit.bit_shifts"
 _ONE = "bnnkit.bit_one"

@@ -5,8 +5,8 @@
 :class:`OnnxBinaryConv2d` / :class:`OnnxBinaryLinear` whose weight is a constant:
 
 - ``packed=True``: buffers ``weight_bits`` (uint8) and ``weight_scale`` (float32) in the
-  format of :mod:`bnnkit.export.onnx_ops`. While exporting (``emit_onnx_node=True``) the
-  weight is a ``bnnkit::PackedSigns`` node that :mod:`bnnkit.export.onnx_graph` expands into
+  format of :mod:`bnnkit.export.onnx.ops`. While exporting (``emit_onnx_node=True``) the
+  weight is a ``bnnkit::PackedSigns`` node that :mod:`bnnkit.export.onnx.graph` expands into
   standard ONNX ops after the exporter's optimizer has run (the optimizer would otherwise
   fold the unpacking back into float weights). In eager mode it is unpacked in torch.
 - ``packed=False``: a float32 buffer ``weight`` holding ``alpha * binarize(w)``.
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnnkit.export.onnx_ops import pack_weight_bits, unpack_weight_bits
+from .ops import pack_weight_bits, unpack_weight_bits
 from bnnkit.kernels.weight_binarize import weight_scale_reference
 from bnnkit.nn.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 

@@ -1,8 +1,8 @@
 """Cross-runtime validation of an export directory: every runtime against the trained model.
 
 :func:`validate_artifact` runs the reference (``trained``) and each other runtime of
-:data:`bnnkit.export.runtimes.RUNTIMES` on the same inputs, batch by batch, and compares the
-outputs (:mod:`bnnkit.export.compare`): max abs / relative difference, top-1 agreement,
+:data:`bnnkit.export.validation.runtimes.RUNTIMES` on the same inputs, batch by batch, and compares the
+outputs (:mod:`bnnkit.export.validation.compare`): max abs / relative difference, top-1 agreement,
 accuracy when labels are given, and the median latency per batch (after one warm-up batch).
 A runtime fails when it disagrees beyond the tolerance, or when its files exist but do not
 load or run; a runtime whose files or provider are absent is skipped, unless it was asked
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from bnnkit.export.compare import RELATIVE_TOLERANCE, Comparison, compare_outputs
-from bnnkit.export.runtimes import REFERENCE, RUNTIMES, RuntimeUnavailable
+from .compare import RELATIVE_TOLERANCE, Comparison, compare_outputs
+from .runtimes import REFERENCE, RUNTIMES, RuntimeUnavailable
 
 
 @dataclasses.dataclass

@@ -29,8 +29,8 @@ from bnnkit.kernels.epilogue import Epilogue, sign_thresholds
 from bnnkit.nn.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 
 from .fold import PackError, check_binary_forward, fold_epilogue
-from .layers import PackedConv2d, PackedLayer, PackedLinear
-from .model import PackedModel
+from ..runtime.layers import PackedConv2d, PackedLayer, PackedLinear
+from ..runtime.model import PackedModel
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, torch.add)
@@ -186,7 +186,7 @@ def _check_matches_architecture(model: nn.Module, architecture: dict[str, Any]) 
     """The artifact rebuilds ``architecture`` on load: it must have the model's tensors."""
     from bnnkit.models import create
 
-    from .model import _check_architecture
+    from ..runtime.model import _check_architecture
 
     arch = _check_architecture(architecture)
     want = {k: tuple(v.shape) for k, v in create(arch["name"], **arch["kwargs"]).state_dict().items()}

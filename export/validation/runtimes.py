@@ -15,9 +15,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .run_export import ONNX_FILE, TRAINED_DIR
-
-PACKED_MANIFEST = "manifest.json"
+from ..layout import ONNX_FILE, PACKED_MANIFEST, TRAINED_DIR
 
 
 class RuntimeUnavailable(Exception):
@@ -71,11 +69,8 @@ def load_packed(artifact_dir: str) -> TorchModuleRuntime:
     """The packed model via ``bnnkit.export.load``: Triton kernels on CUDA, PyTorch elsewhere."""
     if not os.path.isfile(os.path.join(artifact_dir, PACKED_MANIFEST)):
         raise RuntimeUnavailable(f"no packed artifact: {os.path.join(artifact_dir, PACKED_MANIFEST)!r} does not exist")
-    import bnnkit.export
+    from ..runtime import load
 
-    load = getattr(bnnkit.export, "load", None)
-    if load is None:
-        raise RuntimeUnavailable("this bnnkit has no packed-model loader (bnnkit.export.load)")
     module = load(artifact_dir)
     backend = "Triton kernels" if _torch_device().type == "cuda" else "PyTorch reference kernels"
     return TorchModuleRuntime("packed", module, f"bnnkit packed model, {backend}")
