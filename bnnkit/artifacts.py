@@ -47,22 +47,34 @@ def atomic_path(path: str) -> Iterator[str]:
             os.unlink(tmp)
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
+def write_json(path: str, obj: Any, *, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (``indent=None``: compact, one line)."""
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
+            json.dump(obj, f, indent=indent, sort_keys=False, separators=None if indent else (",", ":"))
             f.write("\n")
 
 
+MAX_JSON_BYTES = 64 << 20
+
+
 def read_json(path: str, what: str = "file") -> Any:
+    """Parse the JSON file ``path``; a missing, oversized (> 64 MiB), malformed or absurdly nested
+    file is an :class:`ArtifactError` naming ``what`` it should have been."""
     if not os.path.isfile(path):
         raise ArtifactError(f"{what} {path!r} does not exist")
+    if os.path.getsize(path) > MAX_JSON_BYTES:
+        raise ArtifactError(f"{what} {path!r} is {os.path.getsize(path):,} bytes; bnnkit reads JSON files of at "
+                            f"most {MAX_JSON_BYTES:,} bytes")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{what} {path!r} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ArtifactError(f"{what} {path!r} is nested too deeply to be a bnnkit file") from None
+    except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
+        raise ArtifactError(f"{what} {path!r} cannot be read as JSON: {e}") from None
 
 
 def read_versioned_json(path: str, what: str, *, fmt: str, version: int) -> dict[str, Any]:
@@ -105,112 +117,305 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+_STAGING_SUFFIX = ".staging"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_scratch(parent: str, base: str, suffix: str = _STAGING_SUFFIX) -> list[str]:
+    """Remove the scratch entries ``.{base}.{pid}.*{suffix}`` in ``parent`` whose process is no
+    longer alive (left by a killed writer); returns the removed paths."""
+    removed = []
+    prefix = f".{base}."
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            path = os.path.join(parent, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+def check_destination(directory: str, overwrite: bool) -> None:
+    """``directory`` may be written when it does not exist or is an empty directory; an existing
+    non-empty one only with ``overwrite`` (and it must be a directory)."""
+    if os.path.lexists(directory):
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            raise FileExistsError(f"{directory!r} exists and is not a directory; choose another path")
+        if os.listdir(directory) and not overwrite:
+            raise FileExistsError(f"{directory!r} already exists and is not empty; pass overwrite=True "
+                                  "(--overwrite) to replace it")
+
+
 @contextlib.contextmanager
 def staged_directory(directory: str, *, overwrite: bool = False) -> Iterator[str]:
     """Build the directory ``directory`` under a temporary name and rename it into place.
 
     Yields a path beside ``directory`` (same file system) that does not exist yet; the caller
-    creates it and fills it. When the block ends without an error, that path replaces
-    ``directory``; on an error nothing is left behind and ``directory`` is untouched. An
-    existing ``directory`` is replaced only with ``overwrite=True``."""
+    creates it and fills it. When the block ends without an error, that path takes the place of
+    ``directory`` in one rename; on an error (or a kill) nothing of it is visible at
+    ``directory``, which is untouched.
+
+    ``directory`` may be absent or an empty directory; an existing non-empty one is replaced
+    only with ``overwrite=True``, and then by one atomic exchange (never a moment without
+    either). Without ``overwrite``, a ``directory`` that another writer created meanwhile is
+    never replaced: the final rename fails with :class:`FileExistsError` naming it. Scratch
+    directories of writers that were killed are removed on the next start."""
+    from bnnkit.renames import exchange, rename_no_replace
+
     directory = os.path.abspath(directory)
-    if os.path.exists(directory) and not overwrite:
-        raise FileExistsError(f"{directory!r} already exists; pass overwrite=True (--overwrite) to replace it")
-    parent = os.path.dirname(directory)
+    check_destination(directory, overwrite)
+    parent, base = os.path.split(directory)
     os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+    remove_dead_scratch(parent, base)
+    scratch = tempfile.mkdtemp(prefix=f".{base}.{os.getpid()}.", suffix=_STAGING_SUFFIX, dir=parent)
     staging = os.path.join(scratch, "new")
     try:
         yield staging
         if not os.path.isdir(staging):
             raise RuntimeError(f"nothing was written for {directory!r}")
-        if os.path.exists(directory):
-            os.replace(directory, os.path.join(scratch, "old"))
-        os.replace(staging, directory)
+        os.chmod(staging, 0o777 & ~_umask())
+        if os.path.isdir(directory) and not os.path.islink(directory) and os.listdir(directory) and overwrite:
+            exchange(staging, directory)  # the old directory is now at staging, removed with the scratch
+        elif os.path.isdir(directory) and not os.path.islink(directory):
+            try:
+                os.rename(staging, directory)  # replaces an empty directory; fails if it was filled meanwhile
+            except OSError as e:
+                raise FileExistsError(f"{directory!r} was filled by another writer while this one was being "
+                                      f"written ({e.strerror}); nothing was replaced") from None
+        else:
+            try:
+                rename_no_replace(staging, directory)
+            except FileExistsError:
+                raise FileExistsError(f"{directory!r} was created by another writer while this one was being "
+                                      "written; nothing was replaced") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def write_artifact(directory: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], *,
-                   kind: str, version: int, tensor_file: str = "model.safetensors",
-                   manifest_file: str = "manifest.json", overwrite: bool = False,
-                   extra_files: dict[str, bytes] | None = None) -> None:
-    """Write a directory artifact: ``tensor_file`` + ``manifest_file`` (JSON with ``kind``,
-    ``format_version``, ``bnnkit_version``, the tensor file's ``sha256`` and ``manifest``'s
-    fields). ``extra_files`` (name -> bytes, no pickles) are written beside them and their
-    sha256 recorded under ``files``. The directory is built under a temporary name and
-    renamed into place (:func:`staged_directory`); an existing ``directory`` is replaced only
-    with ``overwrite=True``."""
+def list_files(directory: str) -> list[str]:
+    """Every regular file under ``directory``, as sorted ``/``-separated relative paths."""
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), directory)
+            found.append(rel.replace(os.sep, "/"))
+    return sorted(found)
+
+
+def write_artifact_files(directory: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], *,
+                         kind: str, version: int, tensor_file: str = "model.safetensors",
+                         manifest_file: str = "manifest.json") -> dict[str, Any]:
+    """Write ``tensor_file`` and ``manifest_file`` into the existing directory ``directory`` (a
+    staging directory: call inside :func:`staged_directory`). The manifest holds ``kind``,
+    ``format_version``, ``bnnkit_version``, ``tensor_file``, ``files`` (the SHA-256 of every file
+    under ``directory`` but the manifest itself, including files the caller wrote there before),
+    the tensor table ``tensors`` (name -> dtype, shape) and ``manifest``'s fields. Returns it."""
     from bnnkit.version import __version__
 
+    write_tensors(os.path.join(directory, tensor_file), tensors)
+    files = {rel: sha256_file(os.path.join(directory, rel)) for rel in list_files(directory) if rel != manifest_file}
+    header = {"kind": kind, "format_version": version, "bnnkit_version": __version__, "tensor_file": tensor_file,
+              "files": files, "tensors": tensor_table(tensors)}
+    full = {**header, **manifest}
+    write_json(os.path.join(directory, manifest_file), full, indent=None)  # compact: it is part of the artifact size
+    return full
+
+
+def write_artifact(directory: str, tensors: dict[str, torch.Tensor], manifest: dict[str, Any], *,
+                   kind: str, version: int, tensor_file: str = "model.safetensors",
+                   manifest_file: str = "manifest.json", overwrite: bool = False) -> None:
+    """Write a directory artifact (:func:`write_artifact_files`) under a temporary name and rename
+    it into place (:func:`staged_directory`): ``directory`` may be absent or empty; a non-empty
+    one is replaced only with ``overwrite=True``."""
     with staged_directory(directory, overwrite=overwrite) as staging:
         os.mkdir(staging)
-        write_tensors(os.path.join(staging, tensor_file), tensors)
-        header = {"kind": kind, "format_version": version, "bnnkit_version": __version__,
-                  "tensor_file": tensor_file, "sha256": sha256_file(os.path.join(staging, tensor_file))}
-        if extra_files:
-            header["files"] = {}
-            for name, data in extra_files.items():
-                if os.path.basename(name) != name or name in (tensor_file, manifest_file):
-                    raise ValueError(f"extra file name {name!r} must be a plain file name other than the "
-                                     "tensor file and the manifest")
-                with open(os.path.join(staging, name), "wb") as f:
-                    f.write(data)
-                header["files"][name] = sha256_file(os.path.join(staging, name))
-        write_json(os.path.join(staging, manifest_file), {**header, **manifest})
+        write_artifact_files(staging, tensors, manifest, kind=kind, version=version, tensor_file=tensor_file,
+                             manifest_file=manifest_file)
 
 
-def read_artifact(directory: str, *, kind: str, versions: tuple[int, ...],
-                  manifest_file: str = "manifest.json") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def tensor_table(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """name -> ``{"dtype": "float32", "shape": [...]}`` of each tensor."""
+    return {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in tensors.items()}
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+MAX_HEADER_BYTES = 64 << 20
+
+
+def read_safetensors_table(path: str, what: str = "tensor file") -> dict[str, dict[str, Any]]:
+    """The tensor table of a safetensors file (name -> dtype, shape) read from its header alone,
+    without loading any tensor; a file whose header is malformed, or whose data does not match
+    the header's offsets, is an :class:`ArtifactError`."""
+    if not os.path.isfile(path):
+        raise ArtifactError(f"{what} {path!r} does not exist")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
+            raise ArtifactError(f"{what} {path!r} is not a readable safetensors file (header length {n})")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: header is not an object")
+    table, end = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = (isinstance(entry, dict) and entry.get("dtype") in _SAFETENSORS_DTYPES
+              and isinstance(entry.get("shape"), list) and all(type(d) is int and d >= 0 for d in entry["shape"])
+              and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+              and all(type(o) is int for o in entry["data_offsets"]))
+        if not ok:
+            raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: malformed entry {name!r}")
+        begin, stop = entry["data_offsets"]
+        itemsize = torch.empty((), dtype=getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])).element_size()
+        numel = 1
+        for d in entry["shape"]:
+            numel *= d
+        if not 0 <= begin <= stop or stop - begin != numel * itemsize:
+            raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: tensor {name!r} has "
+                                f"{stop - begin} bytes for shape {entry['shape']}")
+        end = max(end, stop)
+        table[name] = {"dtype": _SAFETENSORS_DTYPES[entry["dtype"]], "shape": entry["shape"]}
+    if 8 + n + end != size:
+        raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: {size} bytes on disk, the header "
+                            f"describes {8 + n + end}")
+    return table
+
+
+def verify_files(directory: str, files: dict[str, str], what: str) -> None:
+    """Every entry of ``files`` (relative path -> SHA-256) names a regular file inside
+    ``directory`` (no symlink) whose digest matches; otherwise an :class:`ArtifactError` names it."""
+    real_dir = os.path.realpath(directory)
+    for rel, expected in files.items():
+        path = os.path.join(directory, *rel.split("/"))
+        if os.path.islink(path) or not os.path.realpath(path).startswith(real_dir + os.sep):
+            raise ArtifactError(f"{what}: file {rel!r} is a link or lies outside the directory; refused")
+        if not os.path.isfile(path):
+            raise ArtifactError(f"{what}: file {rel!r} listed in the manifest is missing")
+        digest = sha256_file(path)
+        if digest != expected:
+            raise ArtifactError(f"{what}: checksum mismatch for {rel!r}: manifest says {expected}, file has "
+                                f"{digest}; the artifact is corrupt or was modified")
+
+
+def build_for_tensors(build, table: dict[str, dict[str, Any]], where: str) -> torch.nn.Module:
+    """``build()`` (a module constructor call whose arguments came from a file), run first on the
+    meta device, where it allocates nothing: its state tensors must match ``table`` (name ->
+    dtype, shape, e.g. :func:`read_safetensors_table` of the weights it will load) before it is
+    built for real, so a file cannot make the reader allocate more than the tensors it holds.
+    The real build does not move the caller's random number generator."""
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except (ValueError, TypeError, RuntimeError, OverflowError, MemoryError) as e:
+        raise ArtifactError(f"{where}: the model cannot be built: {type(e).__name__}: {e}") from None
+    want = {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+            for k, t in probe.state_dict().items()}
+    if want != {k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in table.items()}:
+        diff = sorted(k for k in set(want) | set(table) if want.get(k) != table.get(k))
+        raise ArtifactError(f"{where}: the model it describes and its stored tensors differ at {', '.join(diff[:5])}"
+                            f"{'...' if len(diff) > 5 else ''} (the model would hold "
+                            f"{[want.get(k) for k in diff[:2]]}, the file has {[table.get(k) for k in diff[:2]]})")
+    with torch.random.fork_rng(devices=[]):
+        return build()
+
+
+def verify_listed_file(directory: str, rel: str, manifest_file: str = "manifest.json") -> str:
+    """The path of ``rel`` inside the artifact ``directory`` after checking that its manifest lists
+    it and that its SHA-256 matches: how a reader of one file of an export directory (the ONNX
+    graph, the trained copy) makes sure it opens what the export wrote and nothing else."""
+    from bnnkit import schema
+
+    where = f"manifest of {directory!r}"
+    manifest = read_json(os.path.join(directory, manifest_file), "manifest")
+    files = schema.dict_of(schema.sha256, key=schema.relative_path)(
+        manifest.get("files") if isinstance(manifest, dict) else None, f"{where}: files")
+    if rel not in files:
+        raise ArtifactError(f"{where}: the file {rel!r} is not listed under files; refused (an export lists every "
+                            "file it wrote)")
+    verify_files(directory, {rel: files[rel]}, where)
+    return os.path.join(directory, *rel.split("/"))
+
+
+def read_artifact(directory: str, *, kind: str, versions: tuple[int, ...], manifest_file: str = "manifest.json",
+                  retired: dict[int, str] | None = None, check_manifest=None, check_tensors=None,
+                  load_tensors: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and check an artifact written by :func:`write_artifact`: ``(manifest, tensors)``.
 
-    Raises :class:`ArtifactError` naming the problem: not a directory, missing manifest, wrong
-    kind, unsupported format version, missing tensor file or sha256 mismatch.
+    In order, before anything is built or loaded: the manifest's size, JSON, ``kind`` and
+    ``format_version``; its ``files`` table (every listed file present, inside the directory,
+    with its SHA-256; the tensor file must be listed; nothing unlisted is ever opened);
+    ``check_manifest(manifest)`` (the caller's schema; may return a cleaned manifest); the tensor
+    table against the tensor file's header; ``check_tensors(manifest)`` (e.g. what a model built
+    on the meta device would hold). Only then are the tensors loaded (``load_tensors=False``:
+    an empty dict is returned instead). Every failure is an :class:`ArtifactError` naming the
+    problem; ``retired`` maps format versions no longer read to what the user should do.
     """
+    from bnnkit import schema
+
     if not os.path.isdir(directory):
         raise ArtifactError(f"artifact directory {directory!r} does not exist")
+    where = f"manifest of {directory!r}"
     manifest = read_json(os.path.join(directory, manifest_file), "manifest")
     if not isinstance(manifest, dict) or manifest.get("kind") != kind:
         raise ArtifactError(f"{directory!r} is not a {kind} artifact (manifest kind: "
                             f"{manifest.get('kind') if isinstance(manifest, dict) else None!r})")
-    if manifest.get("format_version") not in versions:
-        raise ArtifactError(f"{directory!r} has {kind} format version {manifest.get('format_version')!r}; "
-                            f"this bnnkit reads versions {', '.join(map(str, versions))}")
-    for name in [manifest.get("tensor_file", "model.safetensors"), *(manifest.get("files") or {})]:
-        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
-            raise ArtifactError(f"manifest of {directory!r} names the file {name!r}; only plain file names inside "
-                                "the artifact directory are accepted")
-    tensor_path = os.path.join(directory, manifest.get("tensor_file", "model.safetensors"))
-    if not os.path.isfile(tensor_path):
-        raise ArtifactError(f"tensor file {tensor_path!r} named by the manifest is missing")
-    digest = sha256_file(tensor_path)
-    if digest != manifest.get("sha256"):
-        raise ArtifactError(f"checksum mismatch for {tensor_path!r}: manifest says {manifest.get('sha256')}, "
-                            f"file has {digest}; the artifact is corrupt or was modified")
-    for name, expected in (manifest.get("files") or {}).items():
-        path = os.path.join(directory, os.path.basename(name))
-        if not os.path.isfile(path):
-            raise ArtifactError(f"file {path!r} named by the manifest is missing")
-        if sha256_file(path) != expected:
-            raise ArtifactError(f"checksum mismatch for {path!r}: the artifact is corrupt or was modified")
-    tensors = read_tensors(tensor_path)
-    _check_tensor_table(manifest.get("tensors"), tensors, directory)
-    return manifest, tensors
+    version = manifest.get("format_version")
+    if type(version) is not int or version not in versions:
+        hint = (retired or {}).get(version) if type(version) is int else None
+        raise ArtifactError(f"{directory!r} has {kind} format version {version!r}; "
+                            f"this bnnkit reads versions {', '.join(map(str, versions))}" + (f": {hint}" if hint else ""))
+    files = schema.dict_of(schema.sha256, key=schema.relative_path)(manifest.get("files"), f"{where}: files")
+    tensor_file = schema.relative_path(manifest.get("tensor_file"), f"{where}: tensor_file")
+    if tensor_file not in files:
+        raise ArtifactError(f"{where}: the tensor file {tensor_file!r} is not listed under files; refused")
+    verify_files(directory, files, where)
+    if check_manifest is not None:
+        manifest = check_manifest(manifest) or manifest
+    table = schema.dict_of(schema.record({"dtype": lambda v, w: schema.string(v, w, tuple(_SAFETENSORS_DTYPES.values())),
+                                          "shape": schema.shape}))(manifest.get("tensors"), f"{where}: tensors")
+    tensor_path = os.path.join(directory, *tensor_file.split("/"))
+    on_disk = read_safetensors_table(tensor_path)
+    _check_tensor_table(table, on_disk, directory)
+    if check_tensors is not None:
+        check_tensors(manifest)
+    return manifest, read_tensors(tensor_path) if load_tensors else {}
 
 
-def _check_tensor_table(table: Any, tensors: dict[str, torch.Tensor], directory: str) -> None:
-    """The manifest's optional ``tensors`` table (name -> dtype, shape) must describe the file."""
-    if table is None:
-        return
-    if not isinstance(table, dict):
-        raise ArtifactError(f"manifest of {directory!r}: 'tensors' must map names to dtype and shape")
-    if set(table) != set(tensors):
-        extra, missing = sorted(set(table) - set(tensors)), sorted(set(tensors) - set(table))
+def _check_tensor_table(table: dict[str, Any], on_disk: dict[str, dict[str, Any]], directory: str) -> None:
+    """The manifest's tensor table (name -> dtype, shape) must describe the tensor file exactly."""
+    if set(table) != set(on_disk):
+        extra, missing = sorted(set(table) - set(on_disk)), sorted(set(on_disk) - set(table))
         raise ArtifactError(f"manifest of {directory!r} does not list the tensors of its file: listed but absent "
                             f"{extra[:5]}, present but unlisted {missing[:5]}")
-    for name, t in tensors.items():
-        entry = table[name]
-        want = {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape)}
-        if not isinstance(entry, dict) or {k: entry.get(k) for k in want} != want:
-            raise ArtifactError(f"manifest of {directory!r} says tensor {name!r} is {entry!r}; the file holds "
-                                f"{want}: the manifest was modified")
+    for name, entry in on_disk.items():
+        want = {"dtype": table[name]["dtype"], "shape": list(table[name]["shape"])}
+        if want != entry:
+            raise ArtifactError(f"manifest of {directory!r} says tensor {name!r} is {want}; the file holds "
+                                f"{entry}: the manifest was modified")

@@ -5,7 +5,9 @@
     DIR/model.onnx                             the ONNX graph (with ``onnx=True``)
 
 The directory is built under a temporary name and renamed into place, so a failure (an
-unsupported layer, an ONNX graph that does not reproduce the model) leaves nothing behind.
+unsupported layer, an ONNX graph that does not reproduce the model) or a kill leaves nothing
+behind, and a directory another writer created meanwhile is never replaced. The packed
+manifest, written last, lists every file of the directory with its SHA-256.
 """
 
 from __future__ import annotations
@@ -49,15 +51,22 @@ def onnx_example_input(input_shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
 
 
+def _within(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or lies inside it, comparing resolved paths (symlinks,
+    ``..`` and relative spellings of the same place are the same place)."""
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
 def _check_destination(run_dir: str, out: str, overwrite: bool) -> None:
     """``out`` may replace only an earlier export directory (or an empty one), never the run."""
-    if run_dir == out or run_dir.startswith(out.rstrip(os.sep) + os.sep):
+    if _within(run_dir, out):
         raise ValueError(f"--out {out!r} would replace the training run {run_dir!r}; choose another directory")
-    if not os.path.exists(out):
+    if not os.path.lexists(out) or (os.path.isdir(out) and not os.listdir(out)):
         return
     if not overwrite:
         raise FileExistsError(f"{out!r} already exists; pass overwrite=True (--overwrite) to replace it")
-    if not os.path.isdir(out) or (os.listdir(out) and not is_packed_artifact(out)):
+    if not os.path.isdir(out) or not is_packed_artifact(out):
         raise FileExistsError(f"refusing to replace {out!r}: it is not an export directory (no bnnkit manifest.json); "
                               "--overwrite replaces only an earlier export or an empty directory")
 
@@ -73,17 +82,17 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool
     run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
-    _check_destination(os.path.abspath(run_dir), os.path.abspath(os.fspath(out)), overwrite)
+    _check_destination(run_dir, os.fspath(out), overwrite)
     model, config = load_run(run_dir)
     input_shape = tuple(config["input_shape"])
     packed = pack(model, architecture={"name": config["model"], "kwargs": config["model_kwargs"]},
                   input_shape=input_shape)
     with staged_directory(os.fspath(out), overwrite=overwrite) as staging:
-        packed.save(staging)
-        os.mkdir(os.path.join(staging, TRAINED_DIR))
+        os.makedirs(os.path.join(staging, TRAINED_DIR))
         for name in RUN_FILES:
             shutil.copy2(os.path.join(run_dir, name), os.path.join(staging, TRAINED_DIR, name))
         onnx_info = to_onnx(model, os.path.join(staging, ONNX_FILE), onnx_example_input(input_shape)) if onnx else None
+        packed.write_files(staging)  # last: its manifest lists every file of the directory with its SHA-256
         packed_bytes = artifact_bytes(staging)
     directory = os.path.abspath(os.fspath(out))
     if onnx_info is not None:

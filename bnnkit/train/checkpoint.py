@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnnkit.artifacts import ArtifactError, read_json, read_tensors, sha256_file, write_json, write_tensors
+from bnnkit.artifacts import (ArtifactError, build_for_tensors, read_json, read_safetensors_table, read_tensors,
+                              sha256_file, write_json, write_tensors)
 from bnnkit.train.config import RUN_FORMAT_VERSION, TrainConfig
 
 CONFIG_FILE = "config.json"
@@ -131,6 +132,8 @@ def load_run(run_dir: str, map_location: str | torch.device = "cpu") -> tuple[nn
     if config.get("format_version") != RUN_FORMAT_VERSION:
         raise ArtifactError(f"run {run_dir!r} has format version {config.get('format_version')!r}; "
                             f"this bnnkit reads {RUN_FORMAT_VERSION}")
-    model = models.create(config["model"], **config["model_kwargs"])
-    _load_state(model, read_tensors(os.path.join(run_dir, MODEL_FILE), "model file"), os.path.join(run_dir, MODEL_FILE))
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    model = build_for_tensors(lambda: models.create(config["model"], **config["model_kwargs"]),
+                              read_safetensors_table(model_path, "model file"), f"run {run_dir!r}")
+    _load_state(model, read_tensors(model_path, "model file"), model_path)
     return model.to(map_location).eval(), config

@@ -55,8 +55,9 @@ class PackedLayer(nn.Module):
             self.register_buffer("thresholds", torch.zeros(2, out_channels, dtype=torch.int32))
             self.register_buffer("epilogue", torch.zeros(0, out_channels), persistent=False)
         else:
-            self.register_buffer("epilogue", torch.stack([torch.ones(out_channels), torch.zeros(out_channels),
-                                                          torch.ones(out_channels), torch.zeros(out_channels)]))
+            epilogue = torch.zeros(4, out_channels)
+            epilogue[0::2] = 1.0  # scale 1, bias 0, post_scale 1, post_bias 0 (no torch.stack: slow on meta)
+            self.register_buffer("epilogue", epilogue)
             self.register_buffer("thresholds", torch.zeros(2, 0, dtype=torch.int32), persistent=False)
 
     def _out_dtype(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:

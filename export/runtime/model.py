@@ -1,20 +1,26 @@
-"""PackedModel: the packed inference model, its artifact (docs/format.md) and ``load``."""
+"""PackedModel: the packed inference model, its artifact (docs/format.md) and ``load``.
+
+The artifact is a directory: ``model.safetensors`` (every tensor) and ``manifest.json`` (the
+graph as data, see :mod:`bnnkit.export.runtime.graph_format`, the tensor table, the SHA-256 of
+every file). ``load`` checks it all before it allocates a tensor and never runs code from it.
+"""
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-from bnnkit.artifacts import ArtifactError, read_artifact, write_artifact
+from bnnkit.artifacts import ArtifactError, read_artifact, staged_directory, write_artifact_files
 
-FORMAT_KIND = "bnnkit-packed"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
-PROGRAM_FILE = "program.pt2"
+from .graph_format import build_graph_module, check_tensor_table, describe_graph_module
+from .layers import PackedLayer
+from .manifest import (FORMAT_KIND, FORMAT_VERSION, RETIRED_VERSIONS, SUPPORTED_VERSIONS, check_layers,
+                       check_manifest)
+
+__all__ = ["FORMAT_KIND", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "PackedModel", "load"]
 
 
 class PackedModel(nn.Module):
@@ -27,9 +33,9 @@ class PackedModel(nn.Module):
     left alone, so the full-precision layers round exactly as in the trained model).
 
     Attributes:
-        body: the packed graph (a ``torch.fx.GraphModule``, or an exported program's module
-            after :func:`load` of a model outside the zoo).
-        architecture: ``{"name", "kwargs"}`` of the zoo model, or ``None``.
+        body: the packed graph, a ``torch.fx.GraphModule``.
+        architecture: ``{"name", "kwargs"}`` of the zoo model it was packed from, or ``None``
+            (provenance only: the artifact stores the graph itself).
         input_shape: one input's shape without the batch dim, or ``None``.
         layers: per packed layer, its encoding (input/output kind, ReLU, residual).
     """
@@ -53,38 +59,35 @@ class PackedModel(nn.Module):
     def train(self, mode: bool = True) -> "PackedModel":
         if mode:
             raise RuntimeError("a PackedModel is for inference only (its BatchNorms are folded); keep it in eval mode")
-        # set the flags directly: an exported program's module refuses train()/eval()
-        for m in self.modules():
-            m.training = False
-        return self
+        return super().train(False)
 
     def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
-        """Write the artifact directory: ``model.safetensors`` + ``manifest.json`` (and, for a
-        model outside the zoo, ``program.pt2``, a ``torch.export`` program of the packed graph
-        with the ``bnnkit`` custom ops; its weights are taken from ``model.safetensors`` on load).
-        No pickles anywhere."""
-        tensors = {k: v for k, v in self.body.state_dict().items()}
-        extra: dict[str, bytes] = {}
-        architecture: dict[str, Any]
-        if self.architecture is not None:
-            architecture = {"zoo": self.architecture["name"], "kwargs": self.architecture["kwargs"]}
-        else:
-            if self.input_shape is None:
-                raise ValueError("saving a model outside the zoo stores a torch.export program, which needs the "
-                                 "input shape: pass input_shape=(C, H, W) to bnnkit.export.pack() or set "
-                                 "packed.input_shape")
-            extra[PROGRAM_FILE] = _export_program(self)
-            architecture = {"program": PROGRAM_FILE}
+        """Write the artifact directory ``directory``: ``model.safetensors`` + ``manifest.json``.
+
+        ``directory`` may be absent or an empty directory; a non-empty one is replaced only with
+        ``overwrite=True``. It is written under a temporary name and renamed into place, so a
+        crash leaves the previous state or the new one. Raises ``ValueError`` naming a module,
+        function or value of the graph that the format cannot hold."""
+        with staged_directory(os.fspath(directory), overwrite=overwrite) as staging:
+            os.mkdir(staging)
+            self.write_files(staging)
+
+    def write_files(self, directory: str) -> dict[str, Any]:
+        """Write the artifact's files into the existing (staging) ``directory``; every other file
+        already there is listed in the manifest with its SHA-256 too. Returns the manifest."""
+        if not isinstance(self.body, fx.GraphModule):
+            raise ValueError(f"only a packed torch.fx graph can be saved, got {type(self.body).__name__}; "
+                             "make the model with bnnkit.export.pack()")
+        graph, attributes = describe_graph_module(self.body)
+        tensors = {**self.body.state_dict(), **attributes}
         manifest = {
-            "architecture": architecture,
+            "architecture": self.architecture,
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
             "layers": self.layers,
-            "tensors": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)}
-                        for k, v in tensors.items()},
             "fp32_state_dict_bytes": self.fp32_state_bytes,
+            "graph": graph,
         }
-        write_artifact(os.fspath(directory), tensors, manifest, kind=FORMAT_KIND, version=FORMAT_VERSION,
-                       overwrite=overwrite, extra_files=extra)
+        return write_artifact_files(directory, tensors, manifest, kind=FORMAT_KIND, version=FORMAT_VERSION)
 
 
 def _check_architecture(architecture: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -98,73 +101,34 @@ def _check_architecture(architecture: dict[str, Any] | None) -> dict[str, Any] |
     return {"name": architecture["name"], "kwargs": dict(architecture["kwargs"])}
 
 
-def _export_program(model: PackedModel) -> bytes:
-    example = torch.zeros(2, *model.input_shape)
-    if example.dim() == 4:
-        example = example.contiguous(memory_format=torch.channels_last)
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        program = torch.export.export(model.body, (example,), dynamic_shapes=({0: batch},))
-    except Exception as e:
-        raise ValueError(f"torch.export could not export the packed model: {e}") from e
-    program.example_inputs = None  # the archive would store them pickled
-    buf = io.BytesIO()
-    torch.export.save(program, buf)
-    return buf.getvalue()
+def read_manifest(directory: str | os.PathLike, *, load_tensors: bool = True):
+    """``(checked manifest, tensors)`` of the packed artifact in ``directory``: every listed file
+    verified, every field checked, the tensor table compared with the tensor file's header and
+    with what the graph's modules hold (built on the meta device), all before a tensor is loaded."""
+    directory = os.fspath(directory)
+    return read_artifact(directory, kind=FORMAT_KIND, versions=SUPPORTED_VERSIONS, retired=RETIRED_VERSIONS,
+                         check_manifest=lambda m: check_manifest(m, directory),
+                         check_tensors=lambda m: check_tensor_table(m["graph"], m["tensors"],
+                                                                    f"manifest of {directory!r}"),
+                         load_tensors=load_tensors)
 
 
 def load(directory: str | os.PathLike) -> PackedModel:
-    """Load a packed artifact written by :meth:`PackedModel.save`.
+    """Load a packed artifact written by :meth:`PackedModel.save` (CPU, float32, eval mode).
 
-    Raises :class:`~bnnkit.artifacts.ArtifactError` on a wrong kind or format version, a
-    checksum mismatch, or a missing / unexpected / misshapen tensor, naming what is wrong.
+    Raises :class:`~bnnkit.artifacts.ArtifactError` naming what is wrong: a wrong kind or format
+    version, a file that is missing, unlisted where it is needed, or fails its checksum, a
+    malformed field, a module, function or value outside the format's lists, or a tensor that
+    is missing, extra or misshapen. Nothing from the artifact is executed or imported.
     """
-    from . import ops  # noqa: F401  (the program's custom ops must be registered before loading it)
-    from ..packing.fusion import _pack
-
     directory = os.fspath(directory)
-    manifest, tensors = read_artifact(directory, kind=FORMAT_KIND, versions=SUPPORTED_VERSIONS)
-    arch = manifest.get("architecture") or {}
-    input_shape = tuple(manifest["input_shape"]) if manifest.get("input_shape") else None
-    if "zoo" in arch:
-        from bnnkit.models import create
-
-        architecture = {"name": arch["zoo"], "kwargs": arch.get("kwargs", {})}
-        packed = _pack(create(architecture["name"], **architecture["kwargs"]), architecture=architecture,
-                       input_shape=input_shape, fold=False)
-        body = packed.body
-        if manifest.get("layers", {}) != packed.layers:
-            changed = sorted(k for k in set(packed.layers) | set(manifest.get("layers", {}))
-                             if packed.layers.get(k) != manifest.get("layers", {}).get(k))
-            raise ArtifactError(f"manifest of {directory!r} describes layer(s) {', '.join(changed[:5])} differently "
-                                f"from the {architecture['name']} model it names: the manifest was modified")
-    elif "program" in arch:
-        path = os.path.join(directory, os.path.basename(arch["program"]))
-        try:
-            body = torch.export.load(path).module()
-        except Exception as e:
-            raise ArtifactError(f"the program {path!r} of the artifact cannot be loaded: {e}") from None
-        architecture = None
-    else:
-        raise ArtifactError(f"manifest of {directory!r} names no architecture (zoo model or program)")
-    _load_tensors(body, tensors, directory)
-    return PackedModel(body, architecture=architecture, input_shape=input_shape,
-                       fp32_state_bytes=manifest.get("fp32_state_dict_bytes"), layers=manifest.get("layers", {}))
-
-
-def _load_tensors(body: nn.Module, tensors: dict[str, torch.Tensor], directory: str) -> None:
-    expected = body.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        raise ArtifactError(f"artifact {directory!r} lacks tensor(s) {', '.join(missing[:5])}"
-                            f"{'...' if len(missing) > 5 else ''} that the model needs")
-    if unexpected:
-        raise ArtifactError(f"artifact {directory!r} has tensor(s) {', '.join(unexpected[:5])} the model does not "
-                            "have")
-    for name, t in tensors.items():
-        want = expected[name]
-        if t.shape != want.shape or t.dtype != want.dtype:
-            raise ArtifactError(f"artifact {directory!r}: tensor {name!r} is {t.dtype} {tuple(t.shape)}, the model "
-                                f"expects {want.dtype} {tuple(want.shape)}")
-    body.load_state_dict(tensors, strict=True)
+    manifest, tensors = read_manifest(directory)
+    body = build_graph_module(manifest["graph"], tensors, f"manifest of {directory!r}")
+    check_layers(manifest, {name: m.encoding() for name, m in body.named_modules() if isinstance(m, PackedLayer)},
+                 directory)
+    try:
+        architecture = _check_architecture(manifest["architecture"])
+    except ValueError as e:
+        raise ArtifactError(f"manifest of {directory!r}: architecture: {e}") from None
+    return PackedModel(body, architecture=architecture, input_shape=manifest["input_shape"],
+                       fp32_state_bytes=manifest["fp32_state_dict_bytes"], layers=manifest["layers"])

@@ -8,28 +8,34 @@ from typing import Any
 
 from torch import nn
 
-from bnnkit.artifacts import read_artifact, read_json
+from bnnkit.artifacts import ArtifactError, read_json
 
-from .model import FORMAT_KIND, SUPPORTED_VERSIONS
+from .manifest import FORMAT_KIND
+from .model import read_manifest
+
+MANIFEST_FILE = "manifest.json"
 
 
 def is_packed_artifact(directory: str) -> bool:
-    path = os.path.join(directory, "manifest.json")
+    """Whether ``directory`` holds a manifest claiming to be a packed artifact (not yet checked)."""
+    path = os.path.join(directory, MANIFEST_FILE)
     if not os.path.isfile(path):
         return False
-    manifest = read_json(path, "manifest")
+    try:
+        manifest = read_json(path, "manifest")
+    except ArtifactError:
+        return False
     return isinstance(manifest, dict) and manifest.get("kind") == FORMAT_KIND
 
 
-def artifact_bytes(directory: str) -> int:
-    """Bytes of the packed artifact's own files (manifest, tensor file, stored program); an
-    export directory also holds ``trained/``, ``model.onnx`` and reports, which do not count."""
-    manifest = read_json(os.path.join(directory, "manifest.json"), "manifest")
-    names = ["manifest.json", manifest.get("tensor_file", "model.safetensors"), *manifest.get("files", {})]
-    return sum(os.path.getsize(os.path.join(directory, n)) for n in names)
+def artifact_bytes(directory: str, tensor_file: str = "model.safetensors") -> int:
+    """Bytes of the packed artifact's own files (manifest and tensor file); an export directory
+    also holds ``trained/``, ``model.onnx`` and reports, which do not count."""
+    return sum(os.path.getsize(os.path.join(directory, n)) for n in (MANIFEST_FILE, tensor_file))
 
 
-def measured_artifact_bytes(model: nn.Module, architecture: dict[str, Any], input_shape: tuple[int, ...]) -> int:
+def measured_artifact_bytes(model: nn.Module, architecture: dict[str, Any] | None,
+                            input_shape: tuple[int, ...]) -> int:
     """Pack ``model`` and write its artifact to a temporary directory: the bytes on disk."""
     from ..packing import pack
 
@@ -42,14 +48,15 @@ def measured_artifact_bytes(model: nn.Module, architecture: dict[str, Any], inpu
 
 def packed_artifact_report(directory: str) -> dict[str, Any]:
     """Per-layer encodings and the artifact's size next to the fp32 state dict it came from.
-    The artifact is checked first (kind, version, checksums, tensor table), as ``load`` does."""
-    manifest, _ = read_artifact(directory, kind=FORMAT_KIND, versions=SUPPORTED_VERSIONS)
-    size = artifact_bytes(directory)
-    fp32 = manifest.get("fp32_state_dict_bytes")
-    arch = manifest.get("architecture", {})
-    name = arch.get("zoo") or "model outside the zoo (torch.export program)"
-    lines = [f"packed artifact {directory}: {name}, format version {manifest.get('format_version')}"]
-    layers = manifest.get("layers", {})
+    The artifact is checked first (kind, version, every field, checksums, tensor table), as
+    ``load`` does, without loading its tensors."""
+    manifest, _ = read_manifest(directory, load_tensors=False)
+    size = artifact_bytes(directory, manifest["tensor_file"])
+    fp32 = manifest["fp32_state_dict_bytes"]
+    arch = manifest["architecture"]
+    name = arch["name"] if arch else "model outside the zoo"
+    lines = [f"packed artifact {directory}: {name}, format version {manifest['format_version']}"]
+    layers = manifest["layers"]
     width = max([len(n) for n in layers] + [5])
     lines.append(f"{'layer'.ljust(width)}  input     output  relu   residual")
     for layer, enc in layers.items():

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..layout import ONNX_FILE, PACKED_MANIFEST, TRAINED_DIR
+from bnnkit.artifacts import ArtifactError, verify_listed_file
+
+from ..layout import ONNX_FILE, PACKED_MANIFEST, RUN_FILES, TRAINED_DIR
 
 
 class RuntimeUnavailable(Exception):
@@ -61,6 +63,8 @@ def load_trained(artifact_dir: str) -> TorchModuleRuntime:
     run_dir = os.path.join(artifact_dir, TRAINED_DIR)
     if not os.path.isdir(run_dir):
         raise RuntimeUnavailable(f"no trained model: {run_dir!r} does not exist")
+    for name in RUN_FILES:
+        verify_listed_file(artifact_dir, f"{TRAINED_DIR}/{name}")
     model, _ = load_run(run_dir)
     return TorchModuleRuntime("trained", model, "PyTorch eager, eval mode")
 
@@ -87,6 +91,7 @@ class OnnxRuntimeSession:
                                      f"{', '.join(ort.get_available_providers())})")
         if not os.path.isfile(path):
             raise RuntimeUnavailable(f"no ONNX graph: {path!r} does not exist")
+        _check_onnx_file(path)
         providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         self.session = ort.InferenceSession(path, providers=providers)
         if self.session.get_providers()[0] != provider:
@@ -100,6 +105,21 @@ class OnnxRuntimeSession:
     def run(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input_name: x.detach().to("cpu", torch.float32).numpy()})[0]
         return torch.from_numpy(out)
+
+
+def _check_onnx_file(path: str) -> None:
+    """The export's ONNX graph, as listed in its manifest, with no external data (bnnkit writes
+    every weight into the file; an external reference could make the runtime read any file)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    directory, name = os.path.split(path)
+    verify_listed_file(directory, name)
+    model = onnx.load(path, load_external_data=False)
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    if any(uses_external_data(t) for t in tensors):
+        raise ArtifactError(f"{path!r} refers to external data files; bnnkit's ONNX graphs hold their weights "
+                            "and such a graph is refused")
 
 
 def load_onnx_cpu(artifact_dir: str) -> OnnxRuntimeSession:

@@ -31,7 +31,7 @@ def flip_packed_weight_bits(artifact, resign: bool):
     save_file(tensors, str(artifact / "model.safetensors"))
     if resign:
         manifest = read_json(str(artifact / "manifest.json"))
-        manifest["sha256"] = sha256_file(str(artifact / "model.safetensors"))
+        manifest["files"]["model.safetensors"] = sha256_file(str(artifact / "model.safetensors"))
         write_json(str(artifact / "manifest.json"), manifest)
 
 
@@ -54,7 +54,10 @@ def test_validate_agrees_and_writes_json(digits_artifact, tmp_path, capsys):
     assert packed_row["comparison"]["rel_diff"] <= 1e-4 and packed_row["accuracy"] == rows["trained"]["accuracy"]
 
 
-def test_flipped_weight_bits_are_detected(digits_artifact, tmp_path, capsys):
+@pytest.mark.parametrize("resign", [False, True], ids=["checksum", "resigned"])
+def test_flipped_weight_bits_are_detected(digits_artifact, tmp_path, capsys, resign):
+    from bnnkit.artifacts import read_json, sha256_file, write_json
+
     artifact = copy_artifact(digits_artifact, tmp_path / "a")
     graph = onnx.load(str(artifact / "model.onnx"))
     target = next(i for i in graph.graph.initializer if i.name.endswith("weight_bits"))
@@ -62,8 +65,14 @@ def test_flipped_weight_bits_are_detected(digits_artifact, tmp_path, capsys):
     bits[:, 0] ^= np.uint8(0xFF)  # flip 8 weight bits in every output channel of one layer
     target.CopyFrom(numpy_helper.from_array(bits, target.name))
     onnx.save(graph, str(artifact / "model.onnx"))
-
     json_path = tmp_path / "report.json"
+    if not resign:  # the export's manifest lists model.onnx with its SHA-256
+        assert main(["validate", str(artifact), "--samples", "64", "--json", str(json_path)]) == 1
+        assert "checksum mismatch for 'model.onnx'" in capsys.readouterr().err
+        return
+    manifest = read_json(str(artifact / "manifest.json"))
+    manifest["files"]["model.onnx"] = sha256_file(str(artifact / "model.onnx"))
+    write_json(str(artifact / "manifest.json"), manifest)
     assert main(["validate", str(artifact), "--samples", "64", "--json", str(json_path)]) == 1
     err = capsys.readouterr().err
     assert "onnxruntime-cpu disagrees with trained: first disagreeing sample 0" in err
@@ -103,12 +112,13 @@ def test_named_runtime_that_is_unavailable_fails(digits_artifact, tmp_path, caps
     assert "onnxruntime-cuda failed: onnxruntime has no CUDAExecutionProvider" in capsys.readouterr().err
 
 
-def test_nothing_to_compare_fails(digits_artifact, tmp_path, capsys):
+def test_an_export_without_its_manifest_is_refused(digits_artifact, tmp_path, capsys):
+    """The manifest lists (and checksums) the trained copy: without it nothing is trusted."""
     artifact = copy_artifact(digits_artifact, tmp_path / "a")
     (artifact / "model.onnx").unlink()
     (artifact / "manifest.json").unlink()
-    assert main(["validate", str(artifact), "--samples", "8"]) == 1
-    assert "no runtime to compare with the trained model ran" in capsys.readouterr().err
+    assert main(["validate", str(artifact), "--samples", "8"]) == 2
+    assert "manifest.json' does not exist" in capsys.readouterr().err
 
 
 def test_user_errors(digits_artifact, tmp_path, capsys):
