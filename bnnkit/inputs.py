@@ -40,11 +40,12 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _numbers(value: Any, field: str, length: int | None = None) -> tuple[float, ...]:
+def _numbers(value: Any, field: str, length: int | None = None, each: str = "") -> tuple[float, ...]:
     if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
         raise ValueError(f"{field}: expected a list of finite numbers, got {value!r}")
     if length is not None and len(value) != length:
-        raise ValueError(f"{field}: expected {length} numbers, got {len(value)} ({list(value)!r})")
+        raise ValueError(f"{field}: expected {length} number{'s' * (length != 1)}{each}, got "
+                         f"{len(value)} ({list(value)!r})")
     return tuple(float(v) for v in value)
 
 
@@ -106,8 +107,8 @@ class InputSpec:
             raise ValueError("preprocessing.mean / preprocessing.std: give both or neither")
         if self.mean is not None:
             channels = self.shape[0]
-            object.__setattr__(self, "mean", _numbers(self.mean, "preprocessing.mean", channels))
-            std = _numbers(self.std, "preprocessing.std", channels)
+            object.__setattr__(self, "mean", _numbers(self.mean, "preprocessing.mean", channels, " (one per channel)"))
+            std = _numbers(self.std, "preprocessing.std", channels, " (one per channel)")
             if not all(s > 0 for s in std):
                 raise ValueError(f"preprocessing.std: expected positive numbers, got {list(std)}")
             object.__setattr__(self, "std", std)
@@ -189,17 +190,25 @@ class InputSpec:
         steps = []
         if self.value_range is not None:
             steps.append(f"raw values in [{self.value_range[0]:g}, {self.value_range[1]:g}]")
-        steps.append(f"x * {self.scale:.6g} + {self.offset:g}")
+        if (self.scale, self.offset) != (1.0, 0.0):
+            steps.append(self._affine_text())
         if self.mean is not None:
             steps.append(f"per channel (x - mean) / std, mean {_short(self.mean)}, std {_short(self.std)}")
         if self.resize is not None:
             h, w = self.image_size
             steps.append(f"images: shorter side resized to {self.resize}, center crop {h}x{w}")
-        lines.append("preprocessing: " + "; ".join(steps))
+        lines.append("preprocessing: " + ("; ".join(steps) or "none (raw inputs are the model's inputs)"))
         if self.class_names is not None:
             shown = ", ".join(self.class_names[:12]) + (", ..." if len(self.class_names) > 12 else "")
             lines.append(f"classes ({len(self.class_names)}): {shown}")
         return "\n".join(lines)
+
+    def _affine_text(self) -> str:
+        inverse = 1 / self.scale
+        text = f"x / {round(inverse)}" if abs(inverse - round(inverse)) < 1e-9 else f"x * {self.scale:.6g}"
+        if self.offset:
+            text += f" {'+' if self.offset > 0 else '-'} {abs(self.offset):g}"
+        return text
 
     def to_json(self) -> dict[str, Any]:
         return {

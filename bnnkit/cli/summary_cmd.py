@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
         if is_packed_artifact(args.run_dir):
             report = packed_artifact_report(args.run_dir)
-            print(json.dumps(report, indent=2) if args.json else report["text"])
+            spec = _recorded_spec(os.path.join(args.run_dir, "manifest.json"), "manifest")
+            report["input_spec"] = None if spec is None else spec.to_json()
+            print(json.dumps(report, indent=2) if args.json else report["text"] + "\n" + _spec_text(spec))
             return 0
         model, config = load_run(args.run_dir)
         shape = tuple(config["input_shape"])
@@ -59,16 +61,35 @@ def run(args: argparse.Namespace) -> int:
         measured = measured_artifact_bytes(model, {"name": config["model"], "kwargs": config["model_kwargs"]}, shape)
         packed_line = {"artifact_bytes": measured, "fp32_state_dict_bytes": summary_fp32_state(model),
                        "compression": summary_fp32_state(model) / measured}
+    spec = _recorded_spec(os.path.join(args.run_dir, "config.json"), "run config") if args.run_dir else None
     if args.json:
         print(json.dumps({"model": title, **summary.to_json(), **({"packed_artifact": packed_line} if packed_line
-                                                                   else {})}, indent=2))
+                                                                   else {}),
+                          **({"input_spec": None if spec is None else spec.to_json()} if args.run_dir else {})},
+                         indent=2))
     else:
         print(title)
         print(summary.to_text())
         if packed_line:
             print(f"packed artifact (bnnkit export) {packed_line['artifact_bytes']:,} bytes vs fp32 state dict "
                   f"{packed_line['fp32_state_dict_bytes']:,} bytes: {packed_line['compression']:.1f}x smaller")
+        if args.run_dir:
+            print(_spec_text(spec))
     return 0
+
+
+def _recorded_spec(path: str, what: str):
+    """The input spec recorded in the JSON file ``path`` (a manifest or a run config), or ``None``."""
+    from bnnkit.artifacts import read_json
+    from bnnkit.inputs import spec_from_optional_json
+
+    return spec_from_optional_json(read_json(path, what).get("input_spec"), f"{path!r} input_spec")
+
+
+def _spec_text(spec) -> str:
+    if spec is None:
+        return "input spec: none recorded (bnnkit predict needs one: export the run again with this bnnkit)"
+    return spec.to_text()
 
 
 def summary_fp32_state(model) -> int:

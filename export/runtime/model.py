@@ -32,18 +32,35 @@ class PackedModel(nn.Module):
         architecture: ``{"name", "kwargs"}`` of the zoo model, or ``None``.
         input_shape: one input's shape without the batch dim, or ``None``.
         layers: per packed layer, its encoding (input/output kind, ReLU, residual).
+        input_spec: the :class:`~bnnkit.inputs.InputSpec` (preprocessing, class names) or ``None``.
     """
 
     def __init__(self, body: nn.Module, *, architecture: dict[str, Any] | None = None,
                  input_shape: tuple[int, ...] | None = None, fp32_state_bytes: int | None = None,
-                 layers: dict[str, dict] | None = None) -> None:
+                 layers: dict[str, dict] | None = None, input_spec=None) -> None:
         super().__init__()
         self.body = body
         self.architecture = _check_architecture(architecture)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.input_spec = input_spec
         self.fp32_state_bytes = fp32_state_bytes
         self.layers = dict(layers or {})
         self.eval()
+
+    @property
+    def input_spec(self):
+        return self._input_spec
+
+    @input_spec.setter
+    def input_spec(self, spec) -> None:
+        from bnnkit.inputs import InputSpec
+
+        if spec is not None and not isinstance(spec, InputSpec):
+            raise TypeError(f"input_spec must be a bnnkit.inputs.InputSpec or None, got {type(spec).__name__}")
+        if spec is not None and self.input_shape is not None and spec.shape != self.input_shape:
+            raise ValueError(f"input_spec describes inputs of shape {spec.shape}, the model's input_shape is "
+                             f"{self.input_shape}")
+        self._input_spec = spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4 and x.is_floating_point() and x.is_cuda:
@@ -82,6 +99,7 @@ class PackedModel(nn.Module):
             "tensors": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)}
                         for k, v in tensors.items()},
             "fp32_state_dict_bytes": self.fp32_state_bytes,
+            "input_spec": None if self.input_spec is None else self.input_spec.to_json(),
         }
         write_artifact(os.fspath(directory), tensors, manifest, kind=FORMAT_KIND, version=FORMAT_VERSION,
                        overwrite=overwrite, extra_files=extra)
@@ -148,8 +166,15 @@ def load(directory: str | os.PathLike) -> PackedModel:
     else:
         raise ArtifactError(f"manifest of {directory!r} names no architecture (zoo model or program)")
     _load_tensors(body, tensors, directory)
+    from bnnkit.inputs import spec_from_optional_json
+
+    input_spec = spec_from_optional_json(manifest.get("input_spec"), f"manifest of {directory!r}: input_spec")
+    if input_spec is not None and input_shape is not None and input_spec.shape != input_shape:
+        raise ArtifactError(f"manifest of {directory!r}: input_spec.shape {list(input_spec.shape)} differs from "
+                            f"input_shape {list(input_shape)}")
     return PackedModel(body, architecture=architecture, input_shape=input_shape,
-                       fp32_state_bytes=manifest.get("fp32_state_dict_bytes"), layers=manifest.get("layers", {}))
+                       fp32_state_bytes=manifest.get("fp32_state_dict_bytes"), layers=manifest.get("layers", {}),
+                       input_spec=input_spec)
 
 
 def _load_tensors(body: nn.Module, tensors: dict[str, torch.Tensor], directory: str) -> None:
