@@ -135,7 +135,8 @@ def _synthetic(input_shape: tuple[int, ...], num_classes: int, train_size: int, 
     return DatasetSplits("synthetic",
                          TensorDataset(*synthetic_tensors(train_size, input_shape, num_classes, seed=1)),
                          TensorDataset(*synthetic_tensors(test_size, input_shape, num_classes, seed=2)),
-                         tuple(input_shape), num_classes, dataset_input_spec("synthetic", None, input_shape, num_classes))
+                         tuple(input_shape), num_classes,
+                         dataset_input_spec("synthetic", None, input_shape, num_classes))
 
 
 def _require_dir(data_dir: str | None, dataset: str) -> str:

@@ -114,7 +114,8 @@ class InputSpec:
             object.__setattr__(self, "std", std)
         if self.resize is not None:
             if self.layout != "NCHW":
-                raise ValueError(f"preprocessing.resize: only images (layout NCHW) are resized; layout is {self.layout}")
+                raise ValueError(f"preprocessing.resize: only images (layout NCHW) are resized; layout is "
+                                 f"{self.layout}")
             if not isinstance(self.resize, int) or isinstance(self.resize, bool) or self.resize < max(self.shape[1:]):
                 raise ValueError(f"preprocessing.resize: expected an int >= the crop size {max(self.shape[1:])} "
                                  f"(the shorter side after resizing), got {self.resize!r}")

@@ -145,8 +145,9 @@ class Predictor:
     def _require_images(self, name: str) -> None:
         spec = self.spec
         if not spec.takes_images:
-            why = ("its inputs are not 1- or 3-channel images" if not (spec.layout == "NCHW" and spec.channels in (1, 3))
-                   else "its input spec states no value range for pixels")
+            image_like = spec.layout == "NCHW" and spec.channels in (1, 3)
+            why = ("its input spec states no value range for pixels" if image_like
+                   else "its inputs are not 1- or 3-channel images")
             raise ValueError(f"{name}: this model does not take image files ({why}); give a .npy array of raw inputs "
                              f"of shape (N, {', '.join(map(str, spec.shape))})")
 

@@ -108,12 +108,14 @@ def test_bad_inputs_are_one_line_errors_naming_them(digits_artifact, tmp_path, c
     assert "small.npy: raw inputs of shape (2, 1, 7, 7); this model takes (N, 1, 8, 8) or (1, 8, 8)" in err
     assert "raw values in [0, 16]" in err
     np.save(tmp_path / "rgb.npy", np.zeros((2, 3, 8, 8)))
-    assert "it has 3 channels, the model takes 1" in _one_line_error(capsys, ["predict", exp, str(tmp_path / "rgb.npy")])
+    assert "it has 3 channels, the model takes 1" in _one_line_error(
+        capsys, ["predict", exp, str(tmp_path / "rgb.npy")])
     np.save(tmp_path / "pixels.npy", np.full((2, 1, 8, 8), 255, np.uint8))
     assert "pixels.npy: values span [255, 255]; this model's raw inputs are in [0, 16]" in _one_line_error(
         capsys, ["predict", exp, str(tmp_path / "pixels.npy")])
     np.save(tmp_path / "nan.npy", np.full((1, 8, 8), np.nan))
-    assert "nan.npy: holds NaN or infinite values" in _one_line_error(capsys, ["predict", exp, str(tmp_path / "nan.npy")])
+    assert "nan.npy: holds NaN or infinite values" in _one_line_error(
+        capsys, ["predict", exp, str(tmp_path / "nan.npy")])
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     assert "objects.npy: not a .npy array of numbers" in _one_line_error(
         capsys, ["predict", exp, str(tmp_path / "objects.npy")])
@@ -163,3 +165,13 @@ def test_an_image_model_without_a_value_range_takes_only_arrays(digits_artifact,
     assert len(predictor.predict(np.zeros((3, 1, 8, 8)))) == 3
     with pytest.raises(ValueError, match="no input spec"):
         Predictor.from_model(torch.nn.Linear(2, 2))
+
+
+def test_the_demo_ends_by_predicting_held_out_digits_from_png_files(digits_artifact, tmp_path):
+    from bnnkit.cli.demo_cmd import predict_held_out_digits
+
+    predictions, labels = predict_held_out_digits(str(digits_artifact), str(tmp_path / "digits"))
+    assert labels == load_digits_raw("test")[1][:8].tolist()
+    assert [p.input for p in predictions] == [str(tmp_path / "digits" / f"test-{i:03d}-label-{labels[i]}.png")
+                                              for i in range(8)]
+    assert sum(p.classes[0] == y for p, y in zip(predictions, labels)) >= 6  # a briefly trained model
