@@ -83,3 +83,12 @@ def test_normalize_and_range_checks():
     with pytest.raises(ValueError, match="shape"):
         spec.normalize(np.zeros((1, 8, 8)))
     assert spec.pixels_to_raw(np.array([0, 255], np.uint8)).tolist() == [0.0, 16.0]
+
+
+def test_the_format_documents_the_digits_spec_as_written():
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "format.md")
+    example = re.search(r"## input_spec.*?```json\n(.*?)```", open(path).read(), re.S).group(1)
+    assert json.loads(example) == data.dataset_input_spec("digits").to_json()
