@@ -313,9 +313,9 @@ def _recorded_spec(export_dir: str, runtime) -> InputSpec | None:
 
 
 def _images_in_folder(folder: str) -> list[str]:
-    """Image files under ``folder`` (sub-folders included, hidden files skipped), sorted."""
+    """Image files under ``folder`` (sub-folders included, hidden files and folders skipped), sorted."""
     found = []
-    for root, dirs, files in sorted(os.walk(folder, followlinks=True)):
+    for root, dirs, files in sorted(os.walk(folder)):  # links to sub-folders are not followed: no cycles
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [os.path.join(root, f) for f in sorted(files) if is_image_file(f) and not f.startswith(".")]
     return found

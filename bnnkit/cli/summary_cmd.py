@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
             report = packed_artifact_report(args.run_dir)
             spec = _recorded_spec(os.path.join(args.run_dir, "manifest.json"), "manifest")
             report["input_spec"] = None if spec is None else spec.to_json()
-            print(json.dumps(report, indent=2) if args.json else report["text"] + "\n" + _spec_text(spec))
+            text = report["text"] + "\n" + _spec_text(spec, run=False)
+            print(json.dumps(report, indent=2) if args.json else text)
             return 0
         model, config = load_run(args.run_dir)
         shape = tuple(config["input_shape"])
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"packed artifact (bnnkit export) {packed_line['artifact_bytes']:,} bytes vs fp32 state dict "
                   f"{packed_line['fp32_state_dict_bytes']:,} bytes: {packed_line['compression']:.1f}x smaller")
         if args.run_dir:
-            print(_spec_text(spec))
+            print(_spec_text(spec, run=True))
     return 0
 
 
@@ -86,10 +87,12 @@ def _recorded_spec(path: str, what: str):
     return spec_from_optional_json(read_json(path, what).get("input_spec"), f"{path!r} input_spec")
 
 
-def _spec_text(spec) -> str:
-    if spec is None:
-        return "input spec: none recorded (bnnkit predict needs one: export the run again with this bnnkit)"
-    return spec.to_text()
+def _spec_text(spec, *, run: bool) -> str:
+    if spec is not None:
+        return spec.to_text()
+    if run:
+        return "input spec: none recorded (a run from before input specs; bnnkit export records its dataset's)"
+    return "input spec: none recorded (bnnkit predict needs one: export the run again with this bnnkit)"
 
 
 def summary_fp32_state(model) -> int:
