@@ -4,6 +4,11 @@
     DIR/trained/config.json, model.safetensors the run's best model, the reference of ``bnnkit validate``
     DIR/model.onnx                             the ONNX graph (with ``onnx=True``)
 
+Each of the three records the run's input spec (preprocessing, class names:
+:class:`bnnkit.inputs.InputSpec`): the manifest's ``input_spec``, ``trained/config.json``'s
+``input_spec`` and the ONNX file's ``metadata_props["bnnkit.input_spec"]``. A run written
+before input specs existed gets its dataset's (:func:`bnnkit.data.dataset_input_spec`).
+
 The directory is built under a temporary name and renamed into place, so a failure (an
 unsupported layer, an ONNX graph that does not reproduce the model) or a kill leaves nothing
 behind, and a directory another writer created meanwhile is never replaced. The packed
@@ -18,7 +23,8 @@ import shutil
 
 import torch
 
-from bnnkit.artifacts import staged_directory
+from bnnkit.artifacts import ArtifactError, staged_directory, write_json
+from bnnkit.inputs import InputSpec
 
 from .layout import ONNX_FILE, RUN_FILES, TRAINED_DIR
 from .runtime.model import PackedModel
@@ -71,6 +77,31 @@ def _check_destination(run_dir: str, out: str, overwrite: bool) -> None:
                               "--overwrite replaces only an earlier export or an empty directory")
 
 
+def run_input_spec(run_dir: str, config: dict) -> InputSpec | None:
+    """The input spec of a run: its config's ``input_spec``, or for a run written before
+    specs existed, its dataset's (:func:`bnnkit.data.dataset_input_spec`)."""
+    from bnnkit.data import DATASETS, dataset_input_spec
+
+    where = f"{os.path.join(run_dir, 'config.json')!r} input_spec"
+    num_classes, input_shape = int(config["num_classes"]), tuple(config["input_shape"])
+    if config.get("input_spec") is not None:
+        spec = InputSpec.from_json(config["input_spec"], where)
+        if spec.shape != input_shape or (spec.class_names is not None and len(spec.class_names) != num_classes):
+            raise ArtifactError(f"{where} describes inputs {list(spec.shape)} and "
+                                f"{len(spec.class_names or ())} class names; the run has input_shape "
+                                f"{list(input_shape)} and {num_classes} classes")
+        return spec
+    train = config.get("train") or {}
+    if train.get("dataset") not in DATASETS:
+        return None
+    spec = dataset_input_spec(train["dataset"], train.get("data_dir"), input_shape, num_classes)
+    if spec is None or spec.shape != input_shape:
+        return None
+    if spec.class_names is not None and len(spec.class_names) != num_classes:
+        spec = spec.with_class_names(None)
+    return spec
+
+
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = False,
                overwrite: bool = False) -> RunExport:
     """Export the best model of the training run ``run_dir`` (``bnnkit train --out``) to ``out``:
@@ -85,13 +116,17 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool
     _check_destination(run_dir, os.fspath(out), overwrite)
     model, config = load_run(run_dir)
     input_shape = tuple(config["input_shape"])
+    spec = run_input_spec(run_dir, config)
     packed = pack(model, architecture={"name": config["model"], "kwargs": config["model_kwargs"]},
-                  input_shape=input_shape)
+                  input_shape=input_shape, input_spec=spec)
     with staged_directory(os.fspath(out), overwrite=overwrite) as staging:
         os.makedirs(os.path.join(staging, TRAINED_DIR))
         for name in RUN_FILES:
             shutil.copy2(os.path.join(run_dir, name), os.path.join(staging, TRAINED_DIR, name))
-        onnx_info = to_onnx(model, os.path.join(staging, ONNX_FILE), onnx_example_input(input_shape)) if onnx else None
+        if config.get("input_spec") is None and spec is not None:  # an older run: the copy records it too
+            write_json(os.path.join(staging, TRAINED_DIR, "config.json"), {**config, "input_spec": spec.to_json()})
+        onnx_info = to_onnx(model, os.path.join(staging, ONNX_FILE), onnx_example_input(input_shape),
+                            input_spec=spec) if onnx else None
         packed.write_files(staging)  # last: its manifest lists every file of the directory with its SHA-256
         packed_bytes = artifact_bytes(staging)
     directory = os.path.abspath(os.fspath(out))

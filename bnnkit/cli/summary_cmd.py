@@ -39,8 +39,12 @@ def run(args: argparse.Namespace) -> int:
         from bnnkit.export.runtime.sizes import is_packed_artifact, packed_artifact_report
 
         if is_packed_artifact(args.run_dir):
+            from bnnkit.inputs import spec_from_optional_json
+
             report = packed_artifact_report(args.run_dir)
-            print(json.dumps(report, indent=2) if args.json else report["text"])
+            text = report["text"] + "\n" + _spec_text(spec_from_optional_json(report["input_spec"], "input_spec"),
+                                                      run=False)
+            print(json.dumps(report, indent=2) if args.json else text)
             return 0
         model, config = load_run(args.run_dir)
         shape = tuple(config["input_shape"])
@@ -59,16 +63,37 @@ def run(args: argparse.Namespace) -> int:
         measured = measured_artifact_bytes(model, {"name": config["model"], "kwargs": config["model_kwargs"]}, shape)
         packed_line = {"artifact_bytes": measured, "fp32_state_dict_bytes": summary_fp32_state(model),
                        "compression": summary_fp32_state(model) / measured}
+    spec = _recorded_spec(os.path.join(args.run_dir, "config.json"), "run config") if args.run_dir else None
     if args.json:
         print(json.dumps({"model": title, **summary.to_json(), **({"packed_artifact": packed_line} if packed_line
-                                                                   else {})}, indent=2))
+                                                                   else {}),
+                          **({"input_spec": None if spec is None else spec.to_json()} if args.run_dir else {})},
+                         indent=2))
     else:
         print(title)
         print(summary.to_text())
         if packed_line:
             print(f"packed artifact (bnnkit export) {packed_line['artifact_bytes']:,} bytes vs fp32 state dict "
                   f"{packed_line['fp32_state_dict_bytes']:,} bytes: {packed_line['compression']:.1f}x smaller")
+        if args.run_dir:
+            print(_spec_text(spec, run=True))
     return 0
+
+
+def _recorded_spec(path: str, what: str):
+    """The input spec recorded in the JSON file ``path`` (a manifest or a run config), or ``None``."""
+    from bnnkit.artifacts import read_json
+    from bnnkit.inputs import spec_from_optional_json
+
+    return spec_from_optional_json(read_json(path, what).get("input_spec"), f"{path!r} input_spec")
+
+
+def _spec_text(spec, *, run: bool) -> str:
+    if spec is not None:
+        return spec.to_text()
+    if run:
+        return "input spec: none recorded (a run from before input specs; bnnkit export records its dataset's)"
+    return "input spec: none recorded (bnnkit predict needs one: export the run again with this bnnkit)"
 
 
 def summary_fp32_state(model) -> int:

@@ -30,9 +30,15 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def run_config(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int,
-               best: dict[str, Any] | None = None) -> dict[str, Any]:
+               best: dict[str, Any] | None = None, input_spec=None) -> dict[str, Any]:
+    """The run's ``config.json``. ``input_spec`` (an :class:`~bnnkit.inputs.InputSpec`; by
+    default the dataset's, :func:`bnnkit.data.dataset_input_spec`) is what ``bnnkit export``
+    carries and ``bnnkit predict`` applies."""
+    from bnnkit.data import dataset_input_spec
     from bnnkit.version import __version__
 
+    if input_spec is None:
+        input_spec = dataset_input_spec(config.dataset, config.data_dir, tuple(input_shape), num_classes)
     return {
         "kind": "bnnkit-run",
         "format_version": RUN_FORMAT_VERSION,
@@ -41,6 +47,7 @@ def run_config(config: TrainConfig, input_shape: tuple[int, ...], num_classes: i
         "model_kwargs": {**config.model_kwargs, "num_classes": num_classes},
         "input_shape": list(input_shape),
         "num_classes": num_classes,
+        "input_spec": None if input_spec is None else input_spec.to_json(),
         "train": config.to_json(),
         "best": best or {},
     }

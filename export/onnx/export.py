@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -36,6 +37,7 @@ MIN_OPSET = 18  # BitwiseAnd
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+INPUT_SPEC_KEY = "bnnkit.input_spec"  # metadata_props key: the InputSpec as JSON
 
 
 class OnnxExportError(RuntimeError):
@@ -139,7 +141,8 @@ def run_onnxruntime(path: str, x: torch.Tensor, providers: list[str] | None = No
 
 
 def to_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor, packed: bool = True, *,
-            opset: int = DEFAULT_OPSET, verify: bool = True, tolerance: float = RELATIVE_TOLERANCE) -> OnnxExport:
+            opset: int = DEFAULT_OPSET, verify: bool = True, tolerance: float = RELATIVE_TOLERANCE,
+            input_spec=None) -> OnnxExport:
     """Export ``model`` (a bnnkit zoo model, or any model with BinaryConv2d/BinaryLinear layers,
     e.g. converted with :func:`bnnkit.binarize`) in eval semantics to the ONNX file ``path``.
 
@@ -153,6 +156,9 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.Tens
         verify: run the file in onnxruntime (CPU) on ``example_input`` and raise
             :class:`OnnxExportError` if it differs from the model by more than ``tolerance``
             (relative, see :mod:`bnnkit.export.validation.compare`) or in any top-1.
+        input_spec: a :class:`bnnkit.inputs.InputSpec` (preprocessing, class names), written as
+            JSON to the file's ``metadata_props`` under ``"bnnkit.input_spec"``; its shape must
+            be ``example_input``'s without the batch dim.
 
     The file passes ``onnx.checker.check_model(full_check=True)``; input ``"input"``, output
     ``"output"`` (float32). Raises :class:`~bnnkit.export.onnx.modules.UnsupportedLayerError`
@@ -166,6 +172,9 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.Tens
     if not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(f"opset must be an int >= {MIN_OPSET} (BitwiseAnd needs 18), got {opset!r}")
     x = _check_example(example_input)
+    if input_spec is not None and input_spec.shape != tuple(x.shape[1:]):
+        raise ValueError(f"input_spec describes inputs of shape {input_spec.shape}, example_input has "
+                         f"{tuple(x.shape[1:])} (batch dim excluded)")
     path = os.fspath(path)
     view = inference_model(model, packed)
     try:
@@ -187,6 +196,7 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, example_input: torch.Tens
         "bnnkit.weights": ("uint8 sign bits, LSB first along the flattened weight per output channel, bit 1 = "
                            "+alpha; unpacked in-graph") if packed else "float32 alpha * binarize(w)",
         "bnnkit.model": type(model).__name__,
+        **({INPUT_SPEC_KEY: json.dumps(input_spec.to_json())} if input_spec is not None else {}),
     }, doc=f"bnnkit {__version__}: {type(model).__name__} in eval semantics, binary weights "
            f"{'packed to bits' if packed else 'as floats'}")
     try:

@@ -162,7 +162,7 @@ def _binary_input(fused: _Fused) -> bool:
 
 @torch.no_grad()
 def pack(model: nn.Module, *, architecture: dict[str, Any] | None = None,
-         input_shape: tuple[int, ...] | None = None) -> PackedModel:
+         input_shape: tuple[int, ...] | None = None, input_spec=None) -> PackedModel:
     """Pack a trained model for inference; ``model`` itself is not modified.
 
     Args:
@@ -172,14 +172,20 @@ def pack(model: nn.Module, *, architecture: dict[str, Any] | None = None,
             the artifact then rebuilds the model from the zoo. Without it the artifact stores
             a ``torch.export`` program of the packed model (see :meth:`PackedModel.save`).
         input_shape: one input's shape without the batch dim (needed to save a model outside
-            the zoo, unless the packed model has run once).
+            the zoo, unless the packed model has run once; taken from ``input_spec`` if given).
+        input_spec: a :class:`bnnkit.inputs.InputSpec` (preprocessing, class names) that the
+            artifact records for ``bnnkit predict``; ``None`` records none.
 
     Returns:
         a :class:`PackedModel` in eval mode, on CPU, float32.
     """
     if architecture is not None:
         _check_matches_architecture(model, architecture)
-    return _pack(model, architecture=architecture, input_shape=input_shape, fold=True)
+    if input_shape is None and input_spec is not None:
+        input_shape = input_spec.shape
+    packed = _pack(model, architecture=architecture, input_shape=input_shape, fold=True)
+    packed.input_spec = input_spec
+    return packed
 
 
 def _check_matches_architecture(model: nn.Module, architecture: dict[str, Any]) -> None:

@@ -48,12 +48,24 @@ _FIELDS = schema.record(
      "layers": schema.dict_of(_LAYER, max_len=100_000),
      "fp32_state_dict_bytes": schema.optional(lambda v, w: schema.integer(v, w, 0, schema.MAX_INT)),
      "graph": check_graph},
-    {})
+    {"input_spec": lambda v, w: _input_spec(v, w)})
+
+
+def _input_spec(value: Any, where: str):
+    from bnnkit.inputs import spec_from_optional_json
+
+    return spec_from_optional_json(value, where)
 
 
 def check_manifest(manifest: Any, directory: str) -> dict[str, Any]:
-    """The checked manifest of the artifact in ``directory`` (raises :class:`ArtifactError`)."""
-    return _FIELDS(manifest, f"manifest of {directory!r}")
+    """The checked manifest of the artifact in ``directory`` (raises :class:`ArtifactError`);
+    ``input_spec`` (absent in artifacts written before it existed) becomes an ``InputSpec``."""
+    checked = _FIELDS(manifest, f"manifest of {directory!r}")
+    spec, shape = checked.get("input_spec"), checked["input_shape"]
+    if spec is not None and shape is not None and tuple(spec.shape) != tuple(shape):
+        raise ArtifactError(f"manifest of {directory!r}: input_spec.shape {list(spec.shape)} differs from "
+                            f"input_shape {list(shape)}")
+    return checked
 
 
 def check_layers(manifest: dict[str, Any], built: dict[str, dict], directory: str) -> None:

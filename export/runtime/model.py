@@ -38,18 +38,35 @@ class PackedModel(nn.Module):
             (provenance only: the artifact stores the graph itself).
         input_shape: one input's shape without the batch dim, or ``None``.
         layers: per packed layer, its encoding (input/output kind, ReLU, residual).
+        input_spec: the :class:`~bnnkit.inputs.InputSpec` (preprocessing, class names) or ``None``.
     """
 
     def __init__(self, body: nn.Module, *, architecture: dict[str, Any] | None = None,
                  input_shape: tuple[int, ...] | None = None, fp32_state_bytes: int | None = None,
-                 layers: dict[str, dict] | None = None) -> None:
+                 layers: dict[str, dict] | None = None, input_spec=None) -> None:
         super().__init__()
         self.body = body
         self.architecture = _check_architecture(architecture)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.input_spec = input_spec
         self.fp32_state_bytes = fp32_state_bytes
         self.layers = dict(layers or {})
         self.eval()
+
+    @property
+    def input_spec(self):
+        return self._input_spec
+
+    @input_spec.setter
+    def input_spec(self, spec) -> None:
+        from bnnkit.inputs import InputSpec
+
+        if spec is not None and not isinstance(spec, InputSpec):
+            raise TypeError(f"input_spec must be a bnnkit.inputs.InputSpec or None, got {type(spec).__name__}")
+        if spec is not None and self.input_shape is not None and spec.shape != self.input_shape:
+            raise ValueError(f"input_spec describes inputs of shape {spec.shape}, the model's input_shape is "
+                             f"{self.input_shape}")
+        self._input_spec = spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4 and x.is_floating_point() and x.is_cuda:
@@ -85,6 +102,7 @@ class PackedModel(nn.Module):
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
             "layers": self.layers,
             "fp32_state_dict_bytes": self.fp32_state_bytes,
+            "input_spec": None if self.input_spec is None else self.input_spec.to_json(),
             "graph": graph,
         }
         return write_artifact_files(directory, tensors, manifest, kind=FORMAT_KIND, version=FORMAT_VERSION)
@@ -131,4 +149,5 @@ def load(directory: str | os.PathLike) -> PackedModel:
     except ValueError as e:
         raise ArtifactError(f"manifest of {directory!r}: architecture: {e}") from None
     return PackedModel(body, architecture=architecture, input_shape=manifest["input_shape"],
-                       fp32_state_bytes=manifest["fp32_state_dict_bytes"], layers=manifest["layers"])
+                       fp32_state_bytes=manifest["fp32_state_dict_bytes"], layers=manifest["layers"],
+                       input_spec=manifest.get("input_spec"))

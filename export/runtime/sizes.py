@@ -65,5 +65,7 @@ def packed_artifact_report(directory: str) -> dict[str, Any]:
     ratio = fp32 / size if fp32 else float("nan")
     lines.append(f"artifact {size:,} bytes vs fp32 state dict {fp32:,} bytes: {ratio:.1f}x smaller"
                  if fp32 else f"artifact {size:,} bytes")
+    spec = manifest.get("input_spec")
     return {"artifact": directory, "model": name, "layers": layers, "artifact_bytes": size,
-            "fp32_state_dict_bytes": fp32, "compression": ratio, "text": "\n".join(lines)}
+            "fp32_state_dict_bytes": fp32, "compression": ratio,
+            "input_spec": None if spec is None else spec.to_json(), "text": "\n".join(lines)}
