@@ -152,22 +152,19 @@ def output_stage(kind: OutputKind, *, epilogue: Epilogue | None, threshold: Sign
                  stage: KernelStage | None, channels: int, device: torch.device) -> KernelStage:
     """The :class:`KernelStage` of a call: ``stage`` as given, or built on ``device`` from an
     ``epilogue`` or a ``threshold`` (at most one of the three); no epilogue means the identity
-    for the outputs that need one."""
+    for the outputs that need one. :func:`check_output_request` checks it against ``kind``."""
     if stage is not None:
         if epilogue is not None or threshold is not None:
             raise ValueError("pass either stage= (the kernels' layout) or epilogue= / threshold=, not both")
         return stage
-    if threshold is not None:
-        if epilogue is not None:
-            raise ValueError("pass either a SignThreshold or an epilogue/residual, not both")
-        if kind not in (OutputKind.SIGN_INT8, OutputKind.PACKED):
-            raise ValueError(f"a SignThreshold produces signs; out_kind must be sign_int8 or packed, got {kind.value}")
-        return KernelStage(torch.empty(0, dtype=torch.float32, device=device), threshold.packed(channels, device))
+    if threshold is not None and epilogue is not None:
+        raise ValueError("pass either a SignThreshold or an epilogue/residual, not both")
+    no_params = torch.empty(0, dtype=torch.float32, device=device)
     no_thresholds = torch.empty(0, dtype=torch.int32, device=device)
-    if kind == OutputKind.ACC:
-        if epilogue is not None:
-            raise ValueError("out_kind='acc' returns the raw accumulator; it takes no epilogue or residual")
-        return KernelStage(torch.empty(0, dtype=torch.float32, device=device), no_thresholds)
+    if threshold is not None:
+        return KernelStage(no_params, threshold.packed(channels, device))
+    if kind == OutputKind.ACC and epilogue is None:
+        return KernelStage(no_params, no_thresholds)
     epilogue = epilogue or Epilogue()
     return KernelStage(epilogue.params(channels, device), no_thresholds, relu=bool(epilogue.relu))
 
