@@ -25,12 +25,8 @@ from bnnkit.kernels.sign_grad import RESTE_M, EstimatorKind
 
 Estimator = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
-ESTIMATORS: dict[str, EstimatorKind] = {
-    "ste": EstimatorKind.STE,
-    "clipped_ste": EstimatorKind.CLIPPED_STE,
-    "approx_sign": EstimatorKind.APPROX_SIGN,
-    "reste": EstimatorKind.RESTE,
-}
+ESTIMATORS: dict[str, EstimatorKind] = {kind.value: kind for kind in EstimatorKind}
+"""The built-in estimators by name (the names are :class:`EstimatorKind`'s values)."""
 
 
 def list_estimators() -> list[str]:
@@ -39,7 +35,7 @@ def list_estimators() -> list[str]:
 
 
 def estimator_kind(name: str) -> EstimatorKind:
-    """The kernel code of a built-in estimator; unknown names raise, listing the valid ones."""
+    """The :class:`EstimatorKind` of a built-in estimator's name; unknown names raise, listing the valid ones."""
     try:
         return ESTIMATORS[name]
     except (KeyError, TypeError):

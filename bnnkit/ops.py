@@ -6,9 +6,9 @@ Two ops, each a forward and an exact backward:
 - :func:`scaled_binarize`: ``w -> alpha(w) * binarize(w)`` with alpha = mean |w| (per tensor
   or per output channel) not detached, backward as in :mod:`bnnkit.kernels.weight_binarize`.
 
-``kind`` is an :class:`~bnnkit.kernels.sign_grad.EstimatorKind` code; ``o`` and ``t`` are the
-estimator's parameters (ignored by estimators that do not use them). Callers validate them
-(:mod:`bnnkit.functional` does).
+``kind`` is an :class:`~bnnkit.kernels.kinds.EstimatorKind` (the ops' schema carries its int
+``code``, what the kernels branch on); ``o`` and ``t`` are the estimator's parameters (ignored
+by estimators that do not use them). Callers validate them (:mod:`bnnkit.functional` does).
 
 Registered as ``torch.ops.bnnkit.*`` custom ops (``custom_op`` + ``register_fake`` +
 ``register_autograd``), so ``torch.compile(model, fullgraph=True)`` and ``torch.export``
@@ -36,6 +36,7 @@ from torch import Tensor
 from bnnkit.backend import use_triton
 from bnnkit.kernels.binarize import binarize, binarize_reference
 from bnnkit.kernels.elementwise import KERNEL_DTYPES
+from bnnkit.kernels.kinds import EstimatorKind
 from bnnkit.kernels.sign_grad import compute_dtype, sign_grad, sign_grad_reference
 from bnnkit.kernels.weight_binarize import (
     scaled_binarize_backward,
@@ -172,21 +173,22 @@ _scaled_binarize.register_autograd(_scaled_binarize_grad, setup_context=_scaled_
 
 # ---- public API -------------------------------------------------------------------------------
 
-def sign_estimate(x: Tensor, kind: int, o: float | Tensor = 1.0, t: float = 1.5) -> Tensor:
+def sign_estimate(x: Tensor, kind: EstimatorKind | str | int, o: float | Tensor = 1.0, t: float = 1.5) -> Tensor:
     """Binarize ``x`` (any shape, floating dtype) with estimator ``kind``'s backward.
 
     Returns ±1 in ``x``'s dtype and shape (contiguous, or channels_last when ``x`` is).
     ``o``: float or 0-d tensor (see the module docstring).
     """
-    return _sign_estimate(x, int(kind), as_o_tensor(o), float(t))
+    return _sign_estimate(x, EstimatorKind.parse(kind).code, as_o_tensor(o), float(t))
 
 
-def scaled_binarize(w: Tensor, scale: str, kind: int, o: float | Tensor = 1.0, t: float = 1.5) -> Tensor:
+def scaled_binarize(w: Tensor, scale: str, kind: EstimatorKind | str | int, o: float | Tensor = 1.0,
+                    t: float = 1.5) -> Tensor:
     """``alpha(w) * binarize(w)`` in ``w``'s dtype (contiguous); dim 0 of ``w`` is the output channel.
 
     ``scale="none"`` is ``alpha = 1``, i.e. :func:`sign_estimate`.
     """
     if scale == "none":
         return sign_estimate(w, kind, o, t)
-    out, _ = _scaled_binarize(w, scale, int(kind), as_o_tensor(o), float(t))
+    out, _ = _scaled_binarize(w, scale, EstimatorKind.parse(kind).code, as_o_tensor(o), float(t))
     return out

@@ -103,8 +103,9 @@ def record(required: dict[str, Check], optional_fields: dict[str, Check] | None 
         if unknown:
             raise ArtifactError(f"{where} has unknown field(s) {', '.join(map(repr, unknown[:5]))}; known: "
                                 f"{', '.join([*required, *optional_fields])}")
-        out = {k: c(value[k], f"{where}.{k}") for k, c in required.items()}
-        out.update({k: c(value[k], f"{where}.{k}") for k, c in optional_fields.items() if k in value})
+        sep = " " if where.endswith(":") else "."  # "manifest of 'd': input_shape", "...: graph.nodes"
+        out = {k: c(value[k], f"{where}{sep}{k}") for k, c in required.items()}
+        out.update({k: c(value[k], f"{where}{sep}{k}") for k, c in optional_fields.items() if k in value})
         return out
     return check
 

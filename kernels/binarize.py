@@ -13,8 +13,9 @@ import torch
 from .triton_compat import tl, triton
 
 from .bitpack import num_words
-from .bits import pack_rows
+from .bits import nonnegative, pack_rows
 from .elementwise import check_kernel_tensor, empty_like_layout, needs_int64_index, shared_dense_layout
+from .launch import on_device
 
 BINARIZE_BLOCK = 4096
 BINARIZE_WARPS = 8
@@ -38,9 +39,8 @@ def _binarize_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, INDEX_64: tl.conste
         pid = pid.to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    # compared in float32: exact for every input dtype, and Triton's interpreter compares bf16 wrongly
-    x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
-    out = tl.where(x >= 0, 1.0, -1.0)
+    x = tl.load(x_ptr + offs, mask=mask)
+    out = tl.where(nonnegative(x), 1.0, -1.0)
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -64,7 +64,7 @@ def _binarize_pack_kernel(
     row_ok = r < rows
     mask = row_ok & (c < k)  # [BLOCK_R, BLOCK_W * 32]
     x = tl.load(x_ptr + r * stride_xr + c * stride_xc, mask=mask, other=-1.0)
-    positive = x.to(tl.float32) >= 0
+    positive = nonnegative(x)
     if WRITE_VALUES:
         out = tl.where(positive, 1.0, -1.0).to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + r * k + c, out, mask=mask)
@@ -90,26 +90,19 @@ def binarize(x: torch.Tensor, pack: bool = False) -> torch.Tensor | tuple[torch.
     """
     check_kernel_tensor(x, "x", "binarize")
     if pack:
-        values, words = _binarize_and_pack(x, write_values=True)
-        return values, words
+        return binarize_and_pack(x, write_values=True)
     (x,) = shared_dense_layout(x)
     out = empty_like_layout(x)
     n = x.numel()
     if n == 0:
         return out
     grid = (triton.cdiv(n, BINARIZE_BLOCK),)
-    _binarize_kernel[grid](
-        x, out, n, BLOCK=BINARIZE_BLOCK, INDEX_64=needs_int64_index(grid[0] * BINARIZE_BLOCK - 1),
-        num_warps=BINARIZE_WARPS,
-    )
+    with on_device(x.device):
+        _binarize_kernel[grid](
+            x, out, n, BLOCK=BINARIZE_BLOCK, INDEX_64=needs_int64_index(grid[0] * BINARIZE_BLOCK - 1),
+            num_warps=BINARIZE_WARPS,
+        )
     return out
-
-
-def pack_signs(x: torch.Tensor) -> torch.Tensor:
-    """Triton :func:`~bnnkit.kernels.bitpack.pack_signs_reference`: ``(..., K)`` fp16/bf16/fp32
-    -> ``(..., ceil(K/32))`` int32 words of ``x >= 0`` (``x`` at least 1-D)."""
-    check_kernel_tensor(x, "x", "pack_signs")
-    return _binarize_and_pack(x, write_values=False)[1]
 
 
 def pack_tile(rows: int, n_words: int) -> tuple[int, int]:
@@ -129,20 +122,31 @@ def pack_grid(rows: int, k: int, stride_r: int, stride_c: int) -> tuple[tuple[in
     return grid, (block_r, block_w), needs_int64_index(last_offset)
 
 
-def _binarize_and_pack(x: torch.Tensor, write_values: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def binarize_and_pack(x: torch.Tensor, write_values: bool,
+                      words: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, words)`` of ``x`` (``(..., K)``, at least 1-D, any dtype the kernel reads): the
+    ±1 values (when ``write_values``; else an empty tensor) and the packed signs, written into
+    ``words`` when given (contiguous int32 ``(..., ceil(K/32))``)."""
     if x.dim() == 0:
         raise ValueError("packing needs a tensor with at least 1 dim (the last dim is packed); got a 0-d tensor")
     k = x.shape[-1]
     n_words = num_words(k)
     values = torch.empty(x.shape if write_values else (0,), dtype=x.dtype, device=x.device)
-    words = torch.empty((*x.shape[:-1], n_words), dtype=torch.int32, device=x.device)
+    shape = (*x.shape[:-1], n_words)
+    if words is None:
+        words = torch.empty(shape, dtype=torch.int32, device=x.device)
+    elif tuple(words.shape) != shape or words.dtype != torch.int32 or not words.is_contiguous() \
+            or words.device != x.device:
+        raise ValueError(f"out must be a contiguous int32 tensor of shape {shape} on {x.device}, got "
+                         f"{words.dtype} {tuple(words.shape)} on {words.device}")
     if x.numel() == 0:  # no rows, or K = 0 and no words
         return values, words
     x2 = x.reshape(-1, k)  # [rows, K]; a view whenever one exists
     rows = x2.shape[0]
     grid, (block_r, block_w), index_64 = pack_grid(rows, k, x2.stride(0), x2.stride(1))
-    _binarize_pack_kernel[grid](
-        x2, values, words, rows, k, n_words, x2.stride(0), x2.stride(1),
-        BLOCK_R=block_r, BLOCK_W=block_w, WRITE_VALUES=write_values, INDEX_64=index_64, num_warps=4,
-    )
+    with on_device(x.device):
+        _binarize_pack_kernel[grid](
+            x2, values, words, rows, k, n_words, x2.stride(0), x2.stride(1),
+            BLOCK_R=block_r, BLOCK_W=block_w, WRITE_VALUES=write_values, INDEX_64=index_64, num_warps=4,
+        )
     return values, words

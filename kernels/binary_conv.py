@@ -14,6 +14,9 @@
   int8 x int8 -> int32 tiles (exact), or real x ±1 for W1A16 as in :mod:`.binary_gemm`.
 - Output: ``(N, OH, OW, C_out)`` (``ceil(C_out/32)`` words for ``packed``), NHWC, with the
   fused epilogue of :mod:`bnnkit.kernels.epilogue` (residual in the output's shape).
+- One launch (:class:`~bnnkit.kernels.launch.TunedKernel`) under the input's device; with a
+  prepared :class:`~bnnkit.kernels.epilogue.KernelStage` (``stage=``) no other tensor work
+  than allocating the output.
 
 :func:`binary_conv2d_reference` is the PyTorch reference and CPU fallback.
 """
@@ -25,15 +28,12 @@ import torch.nn.functional as F
 from .triton_compat import tl, triton
 
 from .binarize import binarize_reference
-from .binary_operands import (ActivationMode, activation_mode, dot_pm1, grouped_tile, masked_activation,
-                              masked_weight)
+from .binary_operands import MAX_K, dot_pm1, grouped_tile, input_kind, masked_activation, masked_weight
 from .bitpack import num_words, unpack_signs_reference
-from .bits import interpreting
-from .epilogue import Epilogue, OutputKind, SignThreshold, check_output_request, finish_reference, output_dtype, \
-    output_shape, store_epilogue
-from .launch import autotune_enabled, check_residual, next_power_of_2, prepare_out
-
-MAX_K = 2**24
+from .epilogue import (Epilogue, KernelStage, SignThreshold, check_output_request, finish_reference, output_dtype,
+                       output_kind, output_shape, output_stage, store_epilogue)
+from .kinds import _IN_REAL, InputKind, OutputKind
+from .launch import TunedKernel, check_residual, next_power_of_2, prepare_out, prune_reading
 
 
 @triton.jit
@@ -42,7 +42,7 @@ def _binary_conv_kernel(
     H, W, C, OH, OW, CO, M, M_BUCKET,
     stride_xpix, stride_wco, stride_wtap, stride_om, stride_rm,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-    A_MODE: tl.constexpr, W_PACKED: tl.constexpr, OUT_MODE: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr,
+    IN_KIND: tl.constexpr, W_PACKED: tl.constexpr, OUT_KIND: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr,
     RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EVEN_C: tl.constexpr, WIDE_OFFSETS: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, INTERPRET: tl.constexpr,
 ):
@@ -57,7 +57,7 @@ def _binary_conv_kernel(
     offs_n = pid_n * BN + tl.arange(0, BN)
     w_cols = tl.where(offs_n < CO, offs_n, 0) * stride_wco  # [BN]; channels past CO are never stored
 
-    if A_MODE == 3:
+    if IN_KIND == _IN_REAL:
         DOT_DTYPE: tl.constexpr = x_ptr.dtype.element_ty
         acc = tl.zeros((BM, BN), dtype=tl.float32)
     else:
@@ -77,12 +77,12 @@ def _binary_conv_kernel(
         if WIDE_OFFSETS:  # int32 offsets (half the registers) unless the input has 2**31+ elements
             pix = pix.to(tl.int64)
         pix = pix * stride_xpix
-        a = masked_activation(x_ptr, pix, ok, c0, C, A_MODE, not EVEN_C, BM, BK)
+        a = masked_activation(x_ptr, pix, ok, c0, C, IN_KIND, not EVEN_C, BM, BK)
         w = masked_weight(w_ptr, w_cols + tap * stride_wtap, c0, C, W_PACKED, not EVEN_C, BN, BK, DOT_DTYPE)
-        acc = dot_pm1(a, w, acc, A_MODE == 3, INTERPRET)
+        acc = dot_pm1(a, w, acc, IN_KIND == _IN_REAL, INTERPRET)
 
     store_epilogue(acc, offs_m, pid_n * BN, M, CO, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                   OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BN)
+                   OUT_KIND, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BN)
 
 
 def conv_signature(x_type: str, w_type: str, out_type: str, res_type: str = "*fp32") -> dict[str, str]:
@@ -91,8 +91,9 @@ def conv_signature(x_type: str, w_type: str, out_type: str, res_type: str = "*fp
            "thr_ptr": "*i32"}
     sig.update(dict.fromkeys(["H", "W", "C", "OH", "OW", "CO", "M", "M_BUCKET", "stride_xpix", "stride_wco",
                               "stride_wtap", "stride_om", "stride_rm"], "i32"))
-    sig.update(dict.fromkeys(["KH", "KW", "STRIDE", "PAD", "A_MODE", "W_PACKED", "OUT_MODE", "SIGN_FROM_THRESHOLD",
-                              "RELU", "HAS_RESIDUAL", "EVEN_C", "WIDE_OFFSETS", "BM", "BN", "BK", "GROUP_M", "INTERPRET"], "constexpr"))
+    sig.update(dict.fromkeys(["KH", "KW", "STRIDE", "PAD", "IN_KIND", "W_PACKED", "OUT_KIND", "SIGN_FROM_THRESHOLD",
+                              "RELU", "HAS_RESIDUAL", "EVEN_C", "WIDE_OFFSETS", "BM", "BN", "BK", "GROUP_M",
+                              "INTERPRET"], "constexpr"))
     return sig
 
 
@@ -100,44 +101,37 @@ def _config(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8
     return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m}, num_warps=warps, num_stages=stages)
 
 
-# Compiled for sm_80 and sm_90 with every activation mode, weight format and epilogue without
-# a register spill, as far as _prune lets each combination use them (tests/kernels/
-# test_kernel_compile.py, BNNKIT_COMPILE_SWEEP=1). The gathered activation rows (per-tap masks
-# and offsets) cost registers, so BK stays at 32 channels; BK = 64 and 128x64 tiles spilled.
-CONV_INT8_CONFIGS = [
+# One list for sm_80 and sm_90, every activation kind (real ones included): each compiled for
+# both without a register spill, as far as _prune lets each combination use them
+# (tests/kernels/test_kernel_compile.py, BNNKIT_COMPILE_SWEEP=1). The gathered activation rows
+# (per-tap masks and offsets) cost registers, so BK stays at 32 channels; BK = 64 and 128x64
+# tiles spilled.
+CONV_CONFIGS = [
     _config(128, 128, 32, 8, 4),
     _config(64, 128, 32, 4, 4),
     _config(64, 64, 32, 4, 4),
 ]
-CONV_REAL_CONFIGS = list(CONV_INT8_CONFIGS)
 
 
-def conv_config_lists(arch: int) -> dict[bool, list[triton.Config]]:
-    """``{real activations?: configs}`` used on compute capability ``arch`` (the same on sm_80 and sm_90)."""
-    return {False: CONV_INT8_CONFIGS, True: CONV_REAL_CONFIGS}
-
-
-INTERPRET_CONV_CONFIG = {"BM": 32, "BN": 128, "BK": 128, "GROUP_M": 2}  # big tiles: fewer interpreted steps
-
-
-def _prune(configs, named_args, **kwargs):
-    m, c = named_args["M"], named_args["C"]
+@prune_reading("M_BUCKET", "C", "IN_KIND", "W_PACKED", "OUT_KIND", "HAS_RESIDUAL")
+def _prune(configs, args):
     # packed activations with int8 weights and a float epilogue + residual: tiles above 64x64
     # spill on sm_80 / sm_90 (the unpacking shifts of both operands and the residual tile)
-    heaviest = (kwargs.get("A_MODE") == ActivationMode.PACKED and kwargs.get("W_PACKED") is False
-                and kwargs.get("OUT_MODE") == 1 and kwargs.get("HAS_RESIDUAL"))
-    fitting = [cfg for cfg in configs if cfg.kwargs["BM"] <= max(64, next_power_of_2(m))
-               and cfg.kwargs["BK"] <= max(32, next_power_of_2(c))
+    heaviest = (args["IN_KIND"] == InputKind.PACKED.code and not args["W_PACKED"]
+                and args["OUT_KIND"] == OutputKind.FLOAT.code and args["HAS_RESIDUAL"])
+    fitting = [cfg for cfg in configs if cfg.kwargs["BM"] <= max(64, args["M_BUCKET"])
+               and cfg.kwargs["BK"] <= max(32, next_power_of_2(args["C"]))
                and not (heaviest and cfg.kwargs["BM"] * cfg.kwargs["BN"] > 64 * 64)]
     return fitting or configs[-1:]
 
 
-_even_c = triton.heuristics({"EVEN_C": lambda args: args["C"] % args["BK"] == 0})
-_CONV_KEY = ["M_BUCKET", "C", "CO", "H", "W", "A_MODE", "W_PACKED", "OUT_MODE", "KH", "KW", "STRIDE"]
-_conv_int8_tuned = triton.autotune(CONV_INT8_CONFIGS, key=_CONV_KEY, prune_configs_by={"early_config_prune": _prune})(
-    _even_c(_binary_conv_kernel))
-_conv_real_tuned = triton.autotune(CONV_REAL_CONFIGS, key=_CONV_KEY, prune_configs_by={"early_config_prune": _prune})(
-    _even_c(_binary_conv_kernel))
+_CONV = TunedKernel(
+    _binary_conv_kernel, CONV_CONFIGS,
+    key=["M_BUCKET", "C", "CO", "H", "W", "IN_KIND", "W_PACKED", "OUT_KIND", "SIGN_FROM_THRESHOLD", "HAS_RESIDUAL",
+         "KH", "KW", "STRIDE"],
+    prune=_prune,
+    interpret_config=lambda args: {"BM": 32, "BN": 128, "BK": 128, "GROUP_M": 2},  # big tiles: fewer steps
+    derived={"EVEN_C": lambda args: args["C"] % args["BK"] == 0})
 
 
 def _pair(v: int | tuple[int, int], name: str) -> int:
@@ -151,18 +145,18 @@ def _pair(v: int | tuple[int, int], name: str) -> int:
 
 
 def _check_inputs(x: torch.Tensor, weight: torch.Tensor, in_channels: int, stride: int, padding: int,
-                  real_input: bool) -> tuple[ActivationMode, int, int, int, int]:
-    """Validate; returns (mode, KH, KW, OH, OW)."""
-    mode = activation_mode(x, real_input)
+                  real_input: bool) -> tuple[InputKind, int, int, int, int]:
+    """Validate; returns (input kind, KH, KW, OH, OW)."""
+    kind = input_kind(x, real_input)
     if x.dim() != 4:
         raise ValueError(f"x must be NHWC (N, H, W, C), got shape {tuple(x.shape)}")
     if weight.dim() != 4:
         raise ValueError(f"weight must be OHWI (C_out, KH, KW, words or C), got shape {tuple(weight.shape)}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-    width = num_words(in_channels) if mode == ActivationMode.PACKED else in_channels
+    width = num_words(in_channels) if kind == InputKind.PACKED else in_channels
     if x.shape[-1] != width:
-        what = f"{width} words (packed, C={in_channels})" if mode == ActivationMode.PACKED else f"C={in_channels}"
+        what = f"{width} words (packed, C={in_channels})" if kind == InputKind.PACKED else f"C={in_channels}"
         raise ValueError(f"x has {x.shape[-1]} values per pixel; expected {what}")
     if weight.dtype == torch.int32:
         if weight.shape[-1] != num_words(in_channels):
@@ -182,7 +176,22 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, in_channels: int, strid
     ow = (x.shape[2] + 2 * padding - kw) // stride + 1
     if oh < 1 or ow < 1:
         raise ValueError(f"input {x.shape[1]}x{x.shape[2]} with padding {padding} is smaller than the {kh}x{kw} kernel")
-    return mode, kh, kw, oh, ow
+    return kind, kh, kw, oh, ow
+
+
+def _check_call(x, weight, in_channels, stride, padding, real_input, out_kind, epilogue, threshold, stage, residual,
+                out_dtype):
+    """Everything the reference and the launcher check; returns ``(stride, padding, input kind,
+    output kind, stage, (KH, KW, OH, OW))``."""
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    in_kind, kh, kw, oh, ow = _check_inputs(x, weight, in_channels, stride, padding, real_input)
+    co = weight.shape[0]
+    kind = output_kind(out_kind)
+    stage = output_stage(kind, epilogue=epilogue, threshold=threshold, stage=stage, channels=co, device=x.device)
+    check_output_request(kind, stage, residual=residual, out_dtype=out_dtype, real_acc=real_input, channels=co,
+                         device=x.device)
+    check_residual(residual, (x.shape[0], oh, ow, co), x.device)
+    return stride, padding, in_kind, kind, stage, (kh, kw, oh, ow)
 
 
 def binary_conv2d_reference(
@@ -196,6 +205,7 @@ def binary_conv2d_reference(
     out_kind: OutputKind | str = OutputKind.FLOAT,
     epilogue: Epilogue | None = None,
     threshold: SignThreshold | None = None,
+    stage: KernelStage | None = None,
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -203,30 +213,26 @@ def binary_conv2d_reference(
 
     ``F.conv2d`` on ±1 float32 values with zero padding: exact for ``KH*KW*C < 2**24``.
     """
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
-    mode, kh, kw, oh, ow = _check_inputs(x, weight, in_channels, stride, padding, real_input)
-    co = weight.shape[0]
-    kind = check_output_request(out_kind, epilogue=epilogue, threshold=threshold, residual=residual,
-                                out_dtype=out_dtype, real_acc=real_input)
-    check_residual(residual, (x.shape[0], oh, ow, co), x.device)
+    stride, padding, in_kind, kind, stage, _ = _check_call(x, weight, in_channels, stride, padding, real_input,
+                                                           out_kind, epilogue, threshold, stage, residual, out_dtype)
     if weight.dtype == torch.int32:
         w = unpack_signs_reference(weight, in_channels)
     else:
         w = weight.to(torch.float32)
     w = w.permute(0, 3, 1, 2)  # OIHW
-    if mode == ActivationMode.PACKED:
+    if in_kind == InputKind.PACKED:
         a = unpack_signs_reference(x, in_channels)
-    elif mode == ActivationMode.BINARIZE:
+    elif in_kind == InputKind.BINARIZE:
         a = binarize_reference(x.to(torch.float32))
     else:
         a = x.to(torch.float32)
     a = a.permute(0, 3, 1, 2)
-    if mode == ActivationMode.REAL:
+    if in_kind == InputKind.REAL:
         acc = F.conv2d(a.double(), w.double(), stride=stride, padding=padding).float()
     else:
         acc = F.conv2d(a, w, stride=stride, padding=padding).to(torch.int32)
     acc = acc.permute(0, 2, 3, 1)  # NHWC
-    return finish_reference(acc, out_kind=kind, epilogue=epilogue, threshold=threshold, residual=residual,
+    return finish_reference(acc, out_kind=kind, **stage.reference_args(), residual=residual,
                             out_dtype=out_dtype).contiguous()
 
 
@@ -241,36 +247,36 @@ def binary_conv2d(
     out_kind: OutputKind | str = OutputKind.FLOAT,
     epilogue: Epilogue | None = None,
     threshold: SignThreshold | None = None,
+    stage: KernelStage | None = None,
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Binary convolution with the Triton implicit-GEMM kernel (NHWC in, NHWC out).
+    """Binary convolution with the Triton implicit-GEMM kernel (NHWC in, NHWC out): one launch.
 
     Args:
         x: ``(N, H, W, C)`` float (binarized, or real with ``real_input``) or int8 ±1, or
-            ``(N, H, W, ceil(C/32))`` int32 packed; the channel dim must be contiguous.
+            ``(N, H, W, ceil(C/32))`` int32 packed (copied first unless NHWC-contiguous).
         weight: ``(C_out, KH, KW, ceil(C/32))`` int32 packed OHWI or ``(C_out, KH, KW, C)`` int8.
         in_channels: C.
         stride, padding: one int each (square); padding is zero padding, exact.
-        out_kind / epilogue / threshold / residual / out_dtype / out: as in
+        out_kind / epilogue / threshold / stage / residual / out_dtype / out: as in
             :func:`bnnkit.kernels.binary_gemm.binary_gemm`; ``residual`` is ``(N, OH, OW, C_out)``.
 
     Returns:
         ``(N, OH, OW, C_out)`` (``(N, OH, OW, ceil(C_out/32))`` int32 for ``packed``).
     """
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
-    mode, kh, kw, oh, ow = _check_inputs(x, weight, in_channels, stride, padding, real_input)
+    stride, padding, in_kind, kind, stage, (kh, kw, oh, ow) = _check_call(
+        x, weight, in_channels, stride, padding, real_input, out_kind, epilogue, threshold, stage, residual, out_dtype)
     nb, h, w_in = x.shape[0], x.shape[1], x.shape[2]
     co = weight.shape[0]
-    kind = check_output_request(out_kind, epilogue=epilogue, threshold=threshold, residual=residual,
-                                out_dtype=out_dtype, real_acc=real_input)
-    check_residual(residual, (nb, oh, ow, co), x.device)
     shape = output_shape((nb, oh, ow), co, kind)
     out = prepare_out(out, shape, output_dtype(kind, out_dtype, real_input), x.device)
     m = nb * oh * ow
     if m == 0 or co == 0:
         return out
+    if weight.numel() >= 2**31:
+        raise ValueError(f"conv weight with {weight.numel()} elements is larger than the kernel's int32 offsets")
     if not x.is_contiguous():
         x = x.contiguous()
     if not weight.is_contiguous():
@@ -281,28 +287,12 @@ def binary_conv2d(
         res2 = residual.reshape(m, co)
         if not res2.is_contiguous():
             res2 = res2.contiguous()
-    params = (epilogue or Epilogue()).params(co, x.device)
-    thr = threshold.packed(co, x.device) if threshold is not None else torch.zeros(2, co, dtype=torch.int32,
-                                                                                    device=x.device)
-    res_arg, res_stride = (res2, res2.stride(0)) if res2 is not None else (out2, 0)
-    args = (x, weight, out2, res_arg, params, thr, h, w_in, in_channels, oh, ow, co, m, next_power_of_2(m),
-            x.shape[-1], weight.stride(0), weight.stride(2), out2.stride(0), res_stride)
-    consts = dict(KH=kh, KW=kw, STRIDE=stride, PAD=padding, A_MODE=int(mode), W_PACKED=weight.dtype == torch.int32,
-                  OUT_MODE=kind.code, SIGN_FROM_THRESHOLD=threshold is not None,
-                  RELU=bool(epilogue and epilogue.relu), HAS_RESIDUAL=res2 is not None, INTERPRET=interpreting(),
-                  WIDE_OFFSETS=x.numel() >= 2**31)
-    if weight.numel() >= 2**31:
-        raise ValueError(f"conv weight with {weight.numel()} elements is larger than the kernel's int32 offsets")
-    tuned = _conv_real_tuned if mode == ActivationMode.REAL else _conv_int8_tuned
-    if interpreting() or not autotune_enabled():
-        if interpreting():
-            cfg, launch = INTERPRET_CONV_CONFIG, {}
-        else:
-            c = _prune(tuned.configs, {"M": m, "C": in_channels}, **consts)[0]
-            cfg, launch = c.kwargs, {"num_warps": c.num_warps, "num_stages": c.num_stages}
-        grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(co, cfg["BN"]),)
-        _binary_conv_kernel[grid](*args, **consts, **cfg, **launch, EVEN_C=in_channels % cfg["BK"] == 0)
-    else:
-        grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(co, meta["BN"]),)  # noqa: E731
-        tuned[grid](*args, **consts)
+    args = dict(x_ptr=x, w_ptr=weight, out_ptr=out2, res_ptr=out2 if res2 is None else res2,
+                params_ptr=stage.params, thr_ptr=stage.thresholds, H=h, W=w_in, C=in_channels, OH=oh, OW=ow, CO=co,
+                M=m, M_BUCKET=next_power_of_2(m), stride_xpix=x.shape[-1], stride_wco=weight.stride(0),
+                stride_wtap=weight.stride(2), stride_om=out2.stride(0), stride_rm=0 if res2 is None else res2.stride(0),
+                KH=kh, KW=kw, STRIDE=stride, PAD=padding, IN_KIND=in_kind.code, W_PACKED=weight.dtype == torch.int32,
+                OUT_KIND=kind.code, SIGN_FROM_THRESHOLD=stage.has_threshold, RELU=stage.relu,
+                HAS_RESIDUAL=res2 is not None, WIDE_OFFSETS=x.numel() >= 2**31)
+    _CONV(lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(co, meta["BN"]),), args, x.device)
     return out

@@ -15,6 +15,11 @@ Two routes:
   accumulation; fp32 as 3xTF32, about fp32 accuracy).
 - ``gemv`` (W1A1, M <= 16, packed weights): XOR + popcount on packed words, memory-bound on
   the weights (16x fewer bytes than fp16): ``acc = K - 2 * popcount(a ^ w)`` over valid bits.
+  Real activations are binarized and packed in registers as they are loaded.
+
+Either route is one kernel launch (:class:`~bnnkit.kernels.launch.TunedKernel`), under the
+input's device; with a prepared :class:`~bnnkit.kernels.epilogue.KernelStage` (``stage=``)
+a call does no tensor work besides allocating its output.
 
 The integer accumulator is exact (``|acc| <= K < 2**24``); the epilogue is
 :mod:`bnnkit.kernels.epilogue`. :func:`binary_gemm_reference` is the PyTorch reference and
@@ -26,32 +31,28 @@ from __future__ import annotations
 import torch
 from .triton_compat import tl, triton
 
-from .binary_operands import (ActivationMode, activation_mode, dot_pm1, gemm_activation_tile, gemm_weight_tile,
-                              grouped_tile)
-from .bitpack import num_words, unpack_signs_reference
-from .bits import interpreting, popcount32
 from .binarize import binarize_reference
-from .epilogue import Epilogue, OutputKind, SignThreshold, check_output_request, finish_reference, output_dtype, \
-    output_shape, store_epilogue
-from .launch import autotune_enabled, check_residual, ensure_descriptor_allocator, is_hopper_or_newer, \
-    next_power_of_2, prepare_out, tma_compatible
-from .pack_signs import pack_signs
-
-MAX_K = 2**24
-"""Largest reduction length: accumulators stay exact in int32 and in the float32 epilogue."""
+from .binary_operands import (MAX_K, dot_pm1, gemm_activation_tile, gemm_weight_tile, grouped_tile, input_kind)
+from .bitpack import num_words, unpack_signs_reference
+from .bits import interpreting, nonnegative, pack_rows, popcount32
+from .epilogue import (Epilogue, KernelStage, SignThreshold, check_output_request, finish_reference, output_dtype,
+                       output_kind, output_shape, output_stage, store_epilogue)
+from .kinds import _IN_PACKED, _IN_REAL, InputKind, OutputKind
+from .launch import (TunedKernel, check_residual, is_hopper_or_newer, next_power_of_2, prepare_out, prune_reading,
+                     tma_compatible)
 
 GEMV_MAX_M = 16
 """Rows up to which W1A1 with packed weights takes the popcount route."""
 
-
-# ----------------------------------------------------------------------------- kernels
+GEMV_BINARIZE_TILE = 4096
+"""Most activation values a popcount program binarizes per step (BM x BKW x 32), a register budget."""
 
 
 @triton.jit
 def _binary_gemm_mma_kernel(
     a_ptr, w_ptr, out_ptr, res_ptr, params_ptr, thr_ptr,
     M, N, K, M_BUCKET, stride_am, stride_wn, stride_om, stride_rm,
-    A_MODE: tl.constexpr, W_PACKED: tl.constexpr, OUT_MODE: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr,
+    IN_KIND: tl.constexpr, W_PACKED: tl.constexpr, OUT_KIND: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr,
     RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_DESC: tl.constexpr, EVEN_K: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, INTERPRET: tl.constexpr,
 ):
@@ -59,7 +60,7 @@ def _binary_gemm_mma_kernel(
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
 
-    if A_MODE == 3:
+    if IN_KIND == _IN_REAL:
         DOT_DTYPE: tl.constexpr = a_ptr.dtype.element_ty
         acc = tl.zeros((BM, BN), dtype=tl.float32)
     else:
@@ -67,7 +68,7 @@ def _binary_gemm_mma_kernel(
         acc = tl.zeros((BM, BN), dtype=tl.int32)
 
     if USE_DESC:
-        if A_MODE == 2:
+        if IN_KIND == _IN_PACKED:
             a_src = tl.make_tensor_descriptor(a_ptr, [M, (K + 31) // 32], [stride_am, 1], [BM, BK // 32])
         else:
             a_src = tl.make_tensor_descriptor(a_ptr, [M, K], [stride_am, 1], [BM, BK])
@@ -87,23 +88,25 @@ def _binary_gemm_mma_kernel(
     # one loop (no separate tail tile: duplicating the body costs registers); with EVEN_K the
     # K masks vanish at compile time
     for k0 in range(0, K, BK):
-        a = gemm_activation_tile(a_src, a_rows, pid_m * BM, k0, K, A_MODE, USE_DESC, not EVEN_K, BM, BK)
+        a = gemm_activation_tile(a_src, a_rows, pid_m * BM, k0, K, IN_KIND, USE_DESC, not EVEN_K, BM, BK)
         w = gemm_weight_tile(w_src, w_cols, pid_n * BN, k0, K, W_PACKED, USE_DESC, not EVEN_K, BN, BK, DOT_DTYPE)
-        acc = dot_pm1(a, w, acc, A_MODE == 3, INTERPRET)
+        acc = dot_pm1(a, w, acc, IN_KIND == _IN_REAL, INTERPRET)
 
     store_epilogue(acc, offs_m, pid_n * BN, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                   OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BN)
+                   OUT_KIND, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BN)
 
 
 @triton.jit
 def _binary_gemv_popcount_kernel(
     a_ptr, w_ptr, out_ptr, res_ptr, params_ptr, thr_ptr,
     M, N, K, stride_am, stride_wn, stride_om, stride_rm,
-    OUT_MODE: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr, RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BKW: tl.constexpr, INTERPRET: tl.constexpr,
+    IN_KIND: tl.constexpr, OUT_KIND: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr, RELU: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BKW: tl.constexpr, INTERPRET: tl.constexpr,
 ):
+    """``IN_KIND``: packed words, or real values binarized and packed in registers on load."""
     offs_m = tl.arange(0, BM)
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    m_ok = offs_m < M
     kw = (K + 31) // 32
     mismatches = tl.zeros((BM, BN), dtype=tl.int32)
     for w0 in range(0, kw, BKW):
@@ -112,15 +115,21 @@ def _binary_gemv_popcount_kernel(
         # bits of the last word past K are ignored even if an input left them set
         rest = tl.minimum(tl.maximum(K - offs_w * 32, 0), 31)
         valid = tl.where(K - offs_w * 32 >= 32, -1, (1 << rest) - 1)
-        a = tl.load(a_ptr + offs_m[:, None] * stride_am + offs_w[None, :],
-                    mask=(offs_m < M)[:, None] & w_ok[None, :], other=0)  # [BM, BKW]
+        if IN_KIND == _IN_PACKED:
+            a = tl.load(a_ptr + offs_m[:, None] * stride_am + offs_w[None, :], mask=m_ok[:, None] & w_ok[None, :],
+                        other=0)  # [BM, BKW]
+        else:
+            offs_k = w0 * 32 + tl.arange(0, BKW * 32)
+            x = tl.load(a_ptr + offs_m[:, None] * stride_am + offs_k[None, :],
+                        mask=m_ok[:, None] & (offs_k < K)[None, :], other=0)  # [BM, BKW * 32]
+            a = pack_rows(nonnegative(x).to(tl.int32), BM, BKW)  # [BM, BKW]
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :],
                     mask=(offs_n < N)[:, None] & w_ok[None, :], other=0)  # [BN, BKW]
         diff = (a[:, None, :] ^ w[None, :, :]) & valid[None, None, :]  # [BM, BN, BKW]
         mismatches += tl.sum(popcount32(diff, INTERPRET), axis=2)
     acc = K - 2 * mismatches
     store_epilogue(acc, offs_m, tl.program_id(0) * BN, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr,
-                   thr_ptr, OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BN)
+                   thr_ptr, OUT_KIND, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BN)
 
 
 # ----------------------------------------------------------------------------- compile signatures
@@ -132,17 +141,17 @@ def mma_signature(a_type: str, w_type: str, out_type: str, res_type: str = "*fp3
     sig = {"a_ptr": a_type, "w_ptr": w_type, "out_ptr": out_type, "res_ptr": res_type, "params_ptr": "*fp32",
            "thr_ptr": "*i32"}
     sig.update(dict.fromkeys(["M", "N", "K", "M_BUCKET", "stride_am", "stride_wn", "stride_om", "stride_rm"], "i32"))
-    sig.update(dict.fromkeys(["A_MODE", "W_PACKED", "OUT_MODE", "SIGN_FROM_THRESHOLD", "RELU", "HAS_RESIDUAL",
+    sig.update(dict.fromkeys(["IN_KIND", "W_PACKED", "OUT_KIND", "SIGN_FROM_THRESHOLD", "RELU", "HAS_RESIDUAL",
                               "USE_DESC", "EVEN_K", "BM", "BN", "BK", "GROUP_M", "INTERPRET"], "constexpr"))
     return sig
 
 
-def gemv_signature(out_type: str, res_type: str = "*fp32") -> dict[str, str]:
+def gemv_signature(out_type: str, res_type: str = "*fp32", a_type: str = "*i32") -> dict[str, str]:
     """Triton signature of :func:`_binary_gemv_popcount_kernel` (see :func:`mma_signature`)."""
-    sig = {"a_ptr": "*i32", "w_ptr": "*i32", "out_ptr": out_type, "res_ptr": res_type, "params_ptr": "*fp32",
+    sig = {"a_ptr": a_type, "w_ptr": "*i32", "out_ptr": out_type, "res_ptr": res_type, "params_ptr": "*fp32",
            "thr_ptr": "*i32"}
     sig.update(dict.fromkeys(["M", "N", "K", "stride_am", "stride_wn", "stride_om", "stride_rm"], "i32"))
-    sig.update(dict.fromkeys(["OUT_MODE", "SIGN_FROM_THRESHOLD", "RELU", "HAS_RESIDUAL", "BM", "BN", "BKW",
+    sig.update(dict.fromkeys(["IN_KIND", "OUT_KIND", "SIGN_FROM_THRESHOLD", "RELU", "HAS_RESIDUAL", "BM", "BN", "BKW",
                               "INTERPRET"], "constexpr"))
     return sig
 
@@ -154,7 +163,7 @@ def _mma_config(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int
 
 
 # Tile configs per (real activations?, TMA descriptors?) and architecture. Each was compiled
-# for its architecture with every activation mode, weight format and epilogue without a
+# for its architecture with every activation kind, weight format and epilogue without a
 # register spill (tests/kernels/test_kernel_compile.py, BNNKIT_COMPILE_SWEEP=1), which is how
 # they were chosen:
 # - TMA descriptors (sm_90+): BK = 128 (a TMA box row needs >= 16 bytes, i.e. 4 packed words);
@@ -187,49 +196,51 @@ GEMV_CONFIGS = [  # (BN, BKW, warps); BM is the padded row count
     triton.Config({"BN": 128, "BKW": 16}, num_warps=4, num_stages=3),
     triton.Config({"BN": 32, "BKW": 32}, num_warps=4, num_stages=4),
     triton.Config({"BN": 32, "BKW": 16}, num_warps=2, num_stages=4),
+    triton.Config({"BN": 32, "BKW": 8}, num_warps=4, num_stages=4),  # binarize-on-load with 16 rows
 ]
-INTERPRET_MMA_CONFIG = {"BM": 32, "BN": 32, "BK": 64, "GROUP_M": 2}
-INTERPRET_GEMV_CONFIG = {"BN": 32, "BKW": 4}
 
 
-def _prune_mma(configs, named_args, **kwargs):
-    m = named_args["M"]
-    heavy_epilogue = kwargs.get("OUT_MODE") == 1 or kwargs.get("HAS_RESIDUAL")
-    fitting = [c for c in configs if c.kwargs["BM"] <= max(64, next_power_of_2(m))
+@prune_reading("M_BUCKET", "OUT_KIND", "HAS_RESIDUAL")
+def _prune_mma(configs, args):
+    heavy_epilogue = args["OUT_KIND"] == OutputKind.FLOAT.code or args["HAS_RESIDUAL"]
+    fitting = [c for c in configs if c.kwargs["BM"] <= max(64, args["M_BUCKET"])
                and not (heavy_epilogue and c.kwargs["BM"] * c.kwargs["BN"] > 128 * 128)]
     return fitting or configs[-1:]
 
 
-def _prune_gemv(configs, named_args, **kwargs):
-    bm = kwargs.get("BM", named_args.get("BM", 1))
-    fitting = [c for c in configs if bm * c.kwargs["BN"] * c.kwargs["BKW"] <= 8192]
+@prune_reading("BM", "IN_KIND")
+def _prune_gemv(configs, args):
+    bm = args["BM"]
+    binarize = args["IN_KIND"] != InputKind.PACKED.code
+    fitting = [c for c in configs if bm * c.kwargs["BN"] * c.kwargs["BKW"] <= 8192
+               and not (binarize and bm * c.kwargs["BKW"] * 32 > GEMV_BINARIZE_TILE)]
     return fitting or configs[-1:]
 
 
-_MMA_KEY = ["M_BUCKET", "N", "K", "A_MODE", "W_PACKED", "OUT_MODE", "USE_DESC"]
-_even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BK"] == 0})
+def _interpret_mma(args) -> dict:
+    return {"BM": 32, "BN": 32, "BK": 128 if args["USE_DESC"] else 64, "GROUP_M": 2}
 
 
-def _tuned_mma(configs: list[triton.Config]):
-    return triton.autotune(configs, key=_MMA_KEY, prune_configs_by={"early_config_prune": _prune_mma})(
-        _even_k(_binary_gemm_mma_kernel))
-
-
-# (sm_90+?, real activations?, TMA descriptors?) -> autotuned kernel
-_MMA_TUNED = {(hopper, *key): _tuned_mma(configs) for hopper, lists in ((True, MMA_CONFIGS_SM90),
-                                                                          (False, MMA_CONFIGS_SM80))
-              for key, configs in lists.items()}
-_gemv_tuned = triton.autotune(GEMV_CONFIGS, key=["BM", "N", "K", "OUT_MODE"],
-                              prune_configs_by={"early_config_prune": _prune_gemv})(_binary_gemv_popcount_kernel)
+# (sm_90+?, real activations?, TMA descriptors?) -> the kernel with that config list
+_MMA = {(hopper, *key): TunedKernel(
+            _binary_gemm_mma_kernel, configs,
+            key=["M_BUCKET", "N", "K", "IN_KIND", "W_PACKED", "OUT_KIND", "SIGN_FROM_THRESHOLD", "HAS_RESIDUAL",
+                 "USE_DESC"],
+            prune=_prune_mma, interpret_config=_interpret_mma,
+            derived={"EVEN_K": lambda args: args["K"] % args["BK"] == 0})
+        for hopper, lists in ((True, MMA_CONFIGS_SM90), (False, MMA_CONFIGS_SM80)) for key, configs in lists.items()}
+_GEMV = TunedKernel(_binary_gemv_popcount_kernel, GEMV_CONFIGS,
+                    key=["BM", "N", "K", "IN_KIND", "OUT_KIND", "SIGN_FROM_THRESHOLD", "HAS_RESIDUAL"],
+                    prune=_prune_gemv, interpret_config=lambda args: {"BN": 32, "BKW": 4})
 
 
 # ----------------------------------------------------------------------------- reference
 
 
-def _check_inputs(x: torch.Tensor, weight: torch.Tensor, k: int, real_input: bool) -> ActivationMode:
+def _check_inputs(x: torch.Tensor, weight: torch.Tensor, k: int, real_input: bool) -> InputKind:
     if not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise ValueError(f"k (the reduction length) must be an int in [1, {MAX_K}], got {k!r}")
-    mode = activation_mode(x, real_input)
+    kind = input_kind(x, real_input)
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D: (N, ceil(K/32)) int32 packed or (N, K) int8, got shape "
                          f"{tuple(weight.shape)}")
@@ -243,13 +254,26 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, k: int, real_input: boo
         raise TypeError(f"weight must be int32 (packed bits) or int8 (±1), got {weight.dtype}")
     if x.dim() < 1:
         raise ValueError("x needs at least one dimension (..., K)")
-    width = num_words(k) if mode == ActivationMode.PACKED else k
+    width = num_words(k) if kind == InputKind.PACKED else k
     if x.shape[-1] != width:
-        what = f"{width} words (packed, K={k})" if mode == ActivationMode.PACKED else f"K={k}"
+        what = f"{width} words (packed, K={k})" if kind == InputKind.PACKED else f"K={k}"
         raise ValueError(f"x has last dimension {x.shape[-1]}; expected {what}")
     if x.device != weight.device:
         raise ValueError(f"x is on {x.device} but weight is on {weight.device}")
-    return mode
+    return kind
+
+
+def _check_call(x, weight, k, real_input, out_kind, epilogue, threshold, stage, residual, out_dtype
+                ) -> tuple[InputKind, OutputKind, KernelStage]:
+    """Everything the reference and the launcher check; returns the input and output kinds and the stage."""
+    in_kind = _check_inputs(x, weight, k, real_input)
+    n = weight.shape[0]
+    kind = output_kind(out_kind)
+    stage = output_stage(kind, epilogue=epilogue, threshold=threshold, stage=stage, channels=n, device=x.device)
+    check_output_request(kind, stage, residual=residual, out_dtype=out_dtype, real_acc=real_input, channels=n,
+                         device=x.device)
+    check_residual(residual, (*x.shape[:-1], n), x.device)
+    return in_kind, kind, stage
 
 
 def binary_gemm_reference(
@@ -261,6 +285,7 @@ def binary_gemm_reference(
     out_kind: OutputKind | str = OutputKind.FLOAT,
     epilogue: Epilogue | None = None,
     threshold: SignThreshold | None = None,
+    stage: KernelStage | None = None,
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -269,24 +294,20 @@ def binary_gemm_reference(
     The accumulator is computed as a float32 matmul of ±1 values, which is exact for
     ``K < 2**24`` in any summation order (every partial sum is an integer below 2**24).
     """
-    mode = _check_inputs(x, weight, k, real_input)
-    n = weight.shape[0]
-    kind = check_output_request(out_kind, epilogue=epilogue, threshold=threshold, residual=residual,
-                                out_dtype=out_dtype, real_acc=real_input)
-    check_residual(residual, (*x.shape[:-1], n), x.device)
+    in_kind, kind, stage = _check_call(x, weight, k, real_input, out_kind, epilogue, threshold, stage, residual,
+                                       out_dtype)
     w = unpack_signs_reference(weight, k) if weight.dtype == torch.int32 else weight.to(torch.float32)
-    if mode == ActivationMode.PACKED:
+    if in_kind == InputKind.PACKED:
         a = unpack_signs_reference(x, k)
-    elif mode == ActivationMode.BINARIZE:
+    elif in_kind == InputKind.BINARIZE:
         a = binarize_reference(x.to(torch.float32))
     else:
         a = x.to(torch.float32)
-    if mode == ActivationMode.REAL:
+    if in_kind == InputKind.REAL:
         acc = torch.matmul(a.to(torch.float64), w.to(torch.float64).T).to(torch.float32)
     else:
         acc = torch.matmul(a, w.T).to(torch.int32)
-    return finish_reference(acc, out_kind=kind, epilogue=epilogue, threshold=threshold, residual=residual,
-                            out_dtype=out_dtype)
+    return finish_reference(acc, out_kind=kind, **stage.reference_args(), residual=residual, out_dtype=out_dtype)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -301,13 +322,14 @@ def binary_gemm(
     out_kind: OutputKind | str = OutputKind.FLOAT,
     epilogue: Epilogue | None = None,
     threshold: SignThreshold | None = None,
+    stage: KernelStage | None = None,
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
     route: str | None = None,
     use_descriptors: bool | None = None,
 ) -> torch.Tensor:
-    """``epilogue(x @ sign(W)^T)`` with the Triton kernels.
+    """``epilogue(x @ sign(W)^T)`` with the Triton kernels: one launch.
 
     Args:
         x: ``(..., K)`` float (binarized, or real with ``real_input``), ``(..., K)`` int8 ±1,
@@ -317,6 +339,8 @@ def binary_gemm(
         out_kind: ``acc`` (int32, float32 for W1A16), ``float`` (``out_dtype``), ``sign_int8``
             or ``packed`` (``(..., ceil(N/32))`` int32); see :mod:`bnnkit.kernels.epilogue`.
         epilogue / threshold / residual: the fused output stage (``residual`` is ``(..., N)``).
+        stage: the output stage already in the kernels' layout, instead of ``epilogue`` /
+            ``threshold`` (what packed layers pass: no per-call tensor work).
         out: optional preallocated output (contiguous, the shape and dtype of the result).
         route: ``"mma"`` or ``"gemv"`` to override the choice by M (tests, benchmarks).
         use_descriptors: force TMA tensor descriptors on/off (default: sm_90+ and aligned).
@@ -324,12 +348,10 @@ def binary_gemm(
     Returns:
         ``(..., N)`` (``(..., ceil(N/32))`` for ``packed``) in the dtype ``out_kind`` implies.
     """
-    mode = _check_inputs(x, weight, k, real_input)
+    in_kind, kind, stage = _check_call(x, weight, k, real_input, out_kind, epilogue, threshold, stage, residual,
+                                       out_dtype)
     n = weight.shape[0]
-    kind = check_output_request(out_kind, epilogue=epilogue, threshold=threshold, residual=residual,
-                                out_dtype=out_dtype, real_acc=real_input)
     rows = tuple(x.shape[:-1])
-    check_residual(residual, (*rows, n), x.device)
     shape = output_shape(rows, n, kind)
     out = prepare_out(out, shape, output_dtype(kind, out_dtype, real_input), x.device)
     a = x.reshape(-1, x.shape[-1])
@@ -346,63 +368,37 @@ def binary_gemm(
         res2 = residual.reshape(m, n)
         if res2.stride(-1) != 1:
             res2 = res2.contiguous()
-    params = (epilogue or Epilogue()).params(n, x.device)
-    thr = threshold.packed(n, x.device) if threshold is not None else torch.zeros(2, n, dtype=torch.int32,
-                                                                                   device=x.device)
-    flags = dict(OUT_MODE=kind.code, SIGN_FROM_THRESHOLD=threshold is not None, RELU=bool(epilogue and epilogue.relu),
-                 HAS_RESIDUAL=res2 is not None)
-    res_arg, res_stride = (res2, res2.stride(0)) if res2 is not None else (out2, 0)
+    args = dict(a_ptr=a, w_ptr=weight, out_ptr=out2, res_ptr=out2 if res2 is None else res2,
+                params_ptr=stage.params, thr_ptr=stage.thresholds, M=m, N=n, K=k, stride_am=a.stride(0),
+                stride_wn=weight.stride(0), stride_om=out2.stride(0), stride_rm=0 if res2 is None else res2.stride(0),
+                IN_KIND=in_kind.code, OUT_KIND=kind.code, SIGN_FROM_THRESHOLD=stage.has_threshold, RELU=stage.relu,
+                HAS_RESIDUAL=res2 is not None)
 
+    popcount_ok = in_kind in (InputKind.PACKED, InputKind.BINARIZE) and weight.dtype == torch.int32
     if route is None:
-        route = "gemv" if (mode != ActivationMode.REAL and mode != ActivationMode.INT8 and weight.dtype == torch.int32
-                           and m <= GEMV_MAX_M) else "mma"
+        route = "gemv" if popcount_ok and m <= GEMV_MAX_M else "mma"
     if route == "gemv":
-        if mode == ActivationMode.REAL or weight.dtype != torch.int32:
-            raise ValueError("the popcount route needs binary activations and packed int32 weights")
+        if not popcount_ok:
+            raise ValueError("the popcount route needs binary activations (real to binarize, or packed) and packed "
+                             "int32 weights")
         if m > GEMV_MAX_M:
             raise ValueError(f"the popcount route takes at most {GEMV_MAX_M} rows, got {m}")
-        words = a if mode == ActivationMode.PACKED else pack_signs(a)
-        bm = next_power_of_2(m)
-        args = (words, weight, out2, res_arg, params, thr, m, n, k, words.stride(0), weight.stride(0), out2.stride(0),
-                res_stride)
-        if interpreting() or not autotune_enabled():
-            cfg = INTERPRET_GEMV_CONFIG if interpreting() else _prune_gemv(GEMV_CONFIGS, {}, BM=bm)[0].kwargs
-            grid = (triton.cdiv(n, cfg["BN"]),)
-            _binary_gemv_popcount_kernel[grid](*args, **flags, BM=bm, **cfg, INTERPRET=interpreting())
-        else:
-            grid = lambda meta: (triton.cdiv(n, meta["BN"]),)  # noqa: E731
-            _gemv_tuned[grid](*args, **flags, BM=bm, INTERPRET=False)
+        _GEMV(lambda meta: (triton.cdiv(n, meta["BN"]),), {**args, "BM": next_power_of_2(m)}, x.device)
         return out
     if route != "mma":
         raise ValueError(f"unknown route {route!r}; expected 'mma' or 'gemv'")
 
+    hopper = is_hopper_or_newer(x.device)
     aligned = tma_compatible(a) and tma_compatible(weight)
     if use_descriptors is None:
-        use_descriptors = is_hopper_or_newer(x.device) and aligned
+        use_descriptors = hopper and aligned
     elif use_descriptors and not aligned:
         raise ValueError("TMA descriptors need 16-byte aligned base pointers and row strides for x and weight "
                          "(see bnnkit.kernels.weight_pack.aligned_words)")
-    if use_descriptors:
-        ensure_descriptor_allocator(x.device)
-    args = (a, weight, out2, res_arg, params, thr, m, n, k, next_power_of_2(m), a.stride(0), weight.stride(0),
-            out2.stride(0), res_stride)
-    consts = dict(A_MODE=int(mode), W_PACKED=weight.dtype == torch.int32, **flags, USE_DESC=bool(use_descriptors),
-                  INTERPRET=interpreting())
-    hopper = is_hopper_or_newer(x.device)
     if use_descriptors and not hopper and not interpreting():
         raise ValueError("TMA descriptors are used on sm_90+ only")
-    tuned = _MMA_TUNED[(hopper or interpreting(), mode == ActivationMode.REAL, bool(use_descriptors))]
-    if interpreting() or not autotune_enabled():
-        if interpreting():
-            cfg, launch = dict(INTERPRET_MMA_CONFIG), {}
-            if use_descriptors:
-                cfg["BK"] = 128
-        else:
-            c = _prune_mma(tuned.configs, {"M": m}, **consts)[0]
-            cfg, launch = c.kwargs, {"num_warps": c.num_warps, "num_stages": c.num_stages}
-        grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
-        _binary_gemm_mma_kernel[grid](*args, **consts, **cfg, **launch, EVEN_K=k % cfg["BK"] == 0)
-    else:
-        grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
-        tuned[grid](*args, **consts)
+    kernel = _MMA[(hopper or interpreting(), in_kind == InputKind.REAL, bool(use_descriptors))]
+    kernel(lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),),
+           {**args, "M_BUCKET": next_power_of_2(m), "W_PACKED": weight.dtype == torch.int32,
+            "USE_DESC": bool(use_descriptors)}, x.device, descriptors=bool(use_descriptors))
     return out

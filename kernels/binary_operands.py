@@ -1,12 +1,9 @@
 """Operand tiles of the binary GEMM / convolution kernels: what an activation or a weight tile
 becomes before ``tl.dot``.
 
-Activation sources (``A_MODE`` constexpr, :class:`ActivationMode`):
-
-- ``INT8``: int8 ±1 values (as written by a kernel's ``sign_int8`` output); 0 contributes 0.
-- ``BINARIZE``: real values binarized on load (``x >= 0`` -> +1, else -1; NaN -> -1).
-- ``PACKED``: int32 words of the bit format (:mod:`bnnkit.kernels.bitpack`), unpacked in registers.
-- ``REAL``: real values used as they are (W1A16, binary weights only).
+Activation sources: the ``IN_KIND`` constexpr, an :class:`~bnnkit.kernels.kinds.InputKind` code
+(``_IN_INT8``, ``_IN_BINARIZE``, ``_IN_PACKED``, ``_IN_REAL``); real values are binarized with
+:func:`~bnnkit.kernels.bits.nonnegative`.
 
 Weights are packed words (unpacked to ±1 in registers) or int8 ±1 (``W_PACKED`` constexpr);
 the weight operand is built as ``(BK, BN)`` directly (K along the leading axis), which the
@@ -17,33 +14,33 @@ in the activation operand, so they contribute nothing whatever the weight holds 
 
 from __future__ import annotations
 
-import enum
-
 import torch
 
+from .bits import nonnegative
+from .kinds import _IN_BINARIZE, _IN_PACKED, _IN_REAL, InputKind
 from .triton_compat import tl, triton
 
-class ActivationMode(enum.IntEnum):
-    INT8 = 0
-    BINARIZE = 1
-    PACKED = 2
-    REAL = 3
+REAL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+MAX_K = 2**24
+"""Largest reduction length: accumulators stay exact in int32 and in the float32 epilogue."""
 
 
-def activation_mode(x: torch.Tensor, real_input: bool) -> ActivationMode:
-    """The mode for activation tensor ``x`` (its dtype says how it is encoded)."""
+def input_kind(x: torch.Tensor, real_input: bool) -> InputKind:
+    """How activation tensor ``x`` is encoded: its dtype says which (``real_input``: a float
+    ``x`` is used as it is, W1A16, instead of binarized)."""
     if x.dtype == torch.int32:
-        mode = ActivationMode.PACKED
+        kind = InputKind.PACKED
     elif x.dtype == torch.int8:
-        mode = ActivationMode.INT8
-    elif x.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        mode = ActivationMode.REAL if real_input else ActivationMode.BINARIZE
+        kind = InputKind.INT8
+    elif x.dtype in REAL_DTYPES:
+        kind = InputKind.REAL if real_input else InputKind.BINARIZE
     else:
         raise TypeError(f"activations must be float32/float16/bfloat16 (real), int8 (±1) or int32 (packed bits); "
                         f"got {x.dtype}")
-    if real_input and mode != ActivationMode.REAL:
+    if real_input and kind != InputKind.REAL:
         raise TypeError(f"real_input=True (W1A16) needs float activations, got {x.dtype}")
-    return mode
+    return kind
 
 
 @triton.jit
@@ -86,26 +83,26 @@ def _int8_to(v, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _binary_operand(raw, offs_k, K, A_MODE: tl.constexpr, MASK_K: tl.constexpr, ROWS: tl.constexpr,
+def _binary_operand(raw, offs_k, K, IN_KIND: tl.constexpr, MASK_K: tl.constexpr, ROWS: tl.constexpr,
                     BK: tl.constexpr):
     """Loaded activation values -> dot operand; ``raw`` holds 0 wherever nothing was read."""
-    if A_MODE == 2:
+    if IN_KIND == _IN_PACKED:
         v = unpack_rows_pm1(raw, ROWS, BK)
-    elif A_MODE == 1:
-        v = tl.where(raw >= 0, 1, -1)
+    elif IN_KIND == _IN_BINARIZE:
+        v = tl.where(nonnegative(raw), 1, -1)
     else:
         v = raw
-    if A_MODE == 1 or A_MODE == 2:
+    if IN_KIND == _IN_BINARIZE or IN_KIND == _IN_PACKED:
         if MASK_K:
             v = tl.where((offs_k < K)[None, :], v, 0)
-    if A_MODE == 3:
+    if IN_KIND == _IN_REAL:
         return v
     else:
         return v.to(tl.int8)
 
 
 @triton.jit
-def gemm_activation_tile(a_desc, a_rows, m0, k0, K, A_MODE: tl.constexpr, USE_DESC: tl.constexpr,
+def gemm_activation_tile(a_desc, a_rows, m0, k0, K, IN_KIND: tl.constexpr, USE_DESC: tl.constexpr,
                          MASK_K: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
     """The ``(BM, BK)`` activation operand of a GEMM at rows ``m0..``, reduction offset ``k0``.
 
@@ -114,7 +111,7 @@ def gemm_activation_tile(a_desc, a_rows, m0, k0, K, A_MODE: tl.constexpr, USE_DE
     tiles may reach past ``K`` (K is not a multiple of BK); those elements become 0.
     """
     offs_k = k0 + tl.arange(0, BK)
-    if A_MODE == 2:
+    if IN_KIND == _IN_PACKED:
         if USE_DESC:
             raw = a_desc.load([m0, k0 // 32])
         else:
@@ -130,7 +127,7 @@ def gemm_activation_tile(a_desc, a_rows, m0, k0, K, A_MODE: tl.constexpr, USE_DE
             raw = tl.load(a_rows + offs_k[None, :], mask=(offs_k < K)[None, :], other=0)
         else:
             raw = tl.load(a_rows + offs_k[None, :])
-    return _binary_operand(raw, offs_k, K, A_MODE, MASK_K, BM, BK)
+    return _binary_operand(raw, offs_k, K, IN_KIND, MASK_K, BM, BK)
 
 
 @triton.jit
@@ -162,16 +159,16 @@ def gemm_weight_tile(w_desc, w_cols, n0, k0, K, W_PACKED: tl.constexpr, USE_DESC
 
 
 @triton.jit
-def masked_activation(a_ptr, row_off, row_ok, k0, K, A_MODE: tl.constexpr, MASK_K: tl.constexpr,
+def masked_activation(a_ptr, row_off, row_ok, k0, K, IN_KIND: tl.constexpr, MASK_K: tl.constexpr,
                       ROWS: tl.constexpr, BK: tl.constexpr):
     """Load the ``(ROWS, BK)`` activation operand at reduction offset ``k0`` with pointers.
 
-    ``row_off`` (``(ROWS,)``) is each row's offset in elements (in words for PACKED) and
+    ``row_off`` (``(ROWS,)``) is each row's offset in elements (in words for packed input) and
     ``row_ok`` its validity: out-of-range rows and zero-padding taps read as 0, which is what
     makes convolution padding exact. ``MASK_K``: elements at ``k >= K`` may occur in the tile.
     """
     offs_k = k0 + tl.arange(0, BK)
-    if A_MODE == 2:
+    if IN_KIND == _IN_PACKED:
         offs_w = k0 // 32 + tl.arange(0, BK // 32)
         if MASK_K:
             mask = row_ok[:, None] & (offs_w < (K + 31) // 32)[None, :]
@@ -188,8 +185,8 @@ def masked_activation(a_ptr, row_off, row_ok, k0, K, A_MODE: tl.constexpr, MASK_
         else:
             mask = row_ok[:, None]
         raw = tl.load(a_ptr + row_off[:, None] + offs_k[None, :], mask=mask, other=0)
-        if A_MODE == 1:
-            return tl.where(mask, tl.where(raw >= 0, 1, -1), 0).to(tl.int8)
+        if IN_KIND == _IN_BINARIZE:
+            return tl.where(mask, tl.where(nonnegative(raw), 1, -1), 0).to(tl.int8)
         else:
             return raw
 

@@ -40,5 +40,5 @@ def unpack_signs_reference(words: torch.Tensor, k: int, dtype: torch.dtype = tor
         raise ValueError(f"{words.shape[-1]} words cannot hold K={k} bits; expected {num_words(k)}")
     shifts = torch.arange(WORD_BITS, device=words.device, dtype=torch.int32)
     bits = (words.unsqueeze(-1) >> shifts) & 1
-    bits = bits.reshape(*words.shape[:-1], -1)[..., :k]
+    bits = bits.reshape(*words.shape[:-1], words.shape[-1] * WORD_BITS)[..., :k]  # explicit: rows may be 0
     return (2 * bits - 1).to(dtype)

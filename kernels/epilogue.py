@@ -8,11 +8,16 @@ float32 for W1A16), one row per output pixel / token and one column per output c
 ``act`` is ReLU or the identity. Both orders of this model family are covered: conv -> ReLU
 -> BN is ``scale = alpha``, ReLU, ``post_* = BN affine``; conv -> BN -> ReLU folds BN into
 ``scale``/``bias`` with ``post_scale = 1``, ``post_bias = 0``. The result is written as
+:class:`~bnnkit.kernels.kinds.OutputKind` says:
 
 - ``OutputKind.ACC``: the raw accumulator, no epilogue (what the exactness tests compare);
 - ``OutputKind.FLOAT``: ``y`` in fp32, fp16 or bf16;
 - ``OutputKind.SIGN_INT8``: ``+1`` where ``y >= 0``, ``-1`` elsewhere (NaN -> -1), as int8;
 - ``OutputKind.PACKED``: the same signs packed along channels (:mod:`bnnkit.kernels.bitpack`).
+
+The kernels read the stage as a :class:`KernelStage`: the ``(4, C)`` float32 parameter rows or
+the ``(2, C)`` int32 thresholds, exactly the buffers a packed layer stores, so a layer hands
+its buffers to the kernel as they are.
 
 For a consumer that only needs the sign, :func:`sign_thresholds` turns an epilogue into the
 per-channel integer form ``bit = lo[c] <= acc <= hi[c]``: ``y(acc)`` is monotone in ``acc``
@@ -25,39 +30,24 @@ agrees bit for bit with :func:`epilogue_reference` followed by ``y >= 0``.
 from __future__ import annotations
 
 import dataclasses
-import enum
 
 import torch
 from .triton_compat import tl, triton
 
 from .bitpack import pack_signs_reference
+from .bits import nonnegative
+from .kinds import _OUT_ACC, _OUT_FLOAT, _OUT_SIGN_INT8, OutputKind
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 
 
-class OutputKind(str, enum.Enum):
-    """What a binary kernel writes; the kernels take :attr:`code` as a constexpr."""
-
-    ACC = "acc"
-    FLOAT = "float"
-    SIGN_INT8 = "sign_int8"
-    PACKED = "packed"
-
-    @property
-    def code(self) -> int:
-        return _OUTPUT_CODES[self]
-
-
-_OUTPUT_CODES = {OutputKind.ACC: 0, OutputKind.FLOAT: 1, OutputKind.SIGN_INT8: 2, OutputKind.PACKED: 3}
 FLOAT_OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def output_kind(kind: OutputKind | str) -> OutputKind:
-    try:
-        return OutputKind(kind)
-    except ValueError:
-        raise ValueError(f"unknown output kind {kind!r}; expected one of {', '.join(k.value for k in OutputKind)}") from None
+    """``kind`` as an :class:`OutputKind` (a ``ValueError`` naming the kinds otherwise)."""
+    return OutputKind.parse(kind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +96,77 @@ class SignThreshold:
             if v.dtype != torch.int32:
                 raise TypeError(f"threshold {name} must be int32, got {v.dtype}")
         return torch.stack([self.lo, self.hi]).to(device).contiguous()
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelStage:
+    """An output stage in the layout the kernels read, which is what packed layers store.
+
+    - ``params``: ``(4, C)`` float32 rows ``scale, bias, post_scale, post_bias`` of the float
+      epilogue, or an empty tensor when the signs come from ``thresholds``;
+    - ``thresholds``: ``(2, C)`` int32 rows ``lo, hi`` (``bit = lo <= acc <= hi``), or empty;
+    - ``relu``: the float epilogue's ``act``.
+
+    Both empty: no output stage (``out_kind="acc"``). Both tensors are handed to the kernel as
+    they are (contiguous, on the input's device; the empty one is never read), so a stage
+    built once serves every call with no tensor work. :func:`output_stage` builds one from an
+    :class:`Epilogue` or a :class:`SignThreshold`.
+    """
+
+    params: torch.Tensor
+    thresholds: torch.Tensor
+    relu: bool = False
+
+    @property
+    def has_epilogue(self) -> bool:
+        return self.params.numel() > 0
+
+    @property
+    def has_threshold(self) -> bool:
+        return self.thresholds.numel() > 0
+
+    def check(self, channels: int, device: torch.device) -> None:
+        """Shape, dtype, layout and device of the two tensors (metadata only, no tensor work)."""
+        for name, t, rows, dtype in (("params", self.params, 4, torch.float32),
+                                     ("thresholds", self.thresholds, 2, torch.int32)):
+            if t.numel() == 0:
+                continue
+            if tuple(t.shape) != (rows, channels) or t.dtype != dtype or not t.is_contiguous():
+                raise ValueError(f"the output stage's {name} must be a contiguous {dtype} tensor of shape "
+                                 f"({rows}, {channels}) or empty, got {t.dtype} {tuple(t.shape)}"
+                                 f"{'' if t.is_contiguous() else ' (not contiguous)'}")
+            if t.device != device:
+                raise ValueError(f"the output stage's {name} is on {t.device}, the input on {device}")
+        if self.has_epilogue and self.has_threshold:
+            raise ValueError("an output stage takes either epilogue parameters or sign thresholds, not both")
+
+    def reference_args(self) -> dict:
+        """``{"epilogue": Epilogue | None, "threshold": SignThreshold | None}`` for the references."""
+        epilogue = Epilogue(scale=self.params[0], bias=self.params[1], relu=self.relu, post_scale=self.params[2],
+                            post_bias=self.params[3]) if self.has_epilogue else None
+        threshold = SignThreshold(self.thresholds[0], self.thresholds[1]) if self.has_threshold else None
+        return {"epilogue": epilogue, "threshold": threshold}
+
+
+def output_stage(kind: OutputKind, *, epilogue: Epilogue | None, threshold: SignThreshold | None,
+                 stage: KernelStage | None, channels: int, device: torch.device) -> KernelStage:
+    """The :class:`KernelStage` of a call: ``stage`` as given, or built on ``device`` from an
+    ``epilogue`` or a ``threshold`` (at most one of the three); no epilogue means the identity
+    for the outputs that need one. :func:`check_output_request` checks it against ``kind``."""
+    if stage is not None:
+        if epilogue is not None or threshold is not None:
+            raise ValueError("pass either stage= (the kernels' layout) or epilogue= / threshold=, not both")
+        return stage
+    if threshold is not None and epilogue is not None:
+        raise ValueError("pass either a SignThreshold or an epilogue/residual, not both")
+    no_params = torch.empty(0, dtype=torch.float32, device=device)
+    no_thresholds = torch.empty(0, dtype=torch.int32, device=device)
+    if threshold is not None:
+        return KernelStage(no_params, threshold.packed(channels, device))
+    if kind == OutputKind.ACC and epilogue is None:
+        return KernelStage(no_params, no_thresholds)
+    epilogue = epilogue or Epilogue()
+    return KernelStage(epilogue.params(channels, device), no_thresholds, relu=bool(epilogue.relu))
 
 
 def epilogue_reference(acc: torch.Tensor, epilogue: Epilogue | None, residual: torch.Tensor | None = None
@@ -179,22 +240,25 @@ def finish_reference(
     return pack_signs_reference(torch.where(positive, 1.0, -1.0))
 
 
-def check_output_request(out_kind: OutputKind | str, *, epilogue: Epilogue | None, threshold: SignThreshold | None,
-                         residual: torch.Tensor | None, out_dtype: torch.dtype, real_acc: bool) -> OutputKind:
-    """Validate a combination of output arguments; returns the :class:`OutputKind`."""
-    kind = output_kind(out_kind)
-    if threshold is not None:
+def check_output_request(kind: OutputKind, stage: KernelStage, *, residual: torch.Tensor | None,
+                         out_dtype: torch.dtype, real_acc: bool, channels: int, device: torch.device) -> None:
+    """Validate an output kind with its stage and residual (``real_acc``: W1A16's float accumulator)."""
+    stage.check(channels, device)
+    if stage.has_threshold:
         if kind not in (OutputKind.SIGN_INT8, OutputKind.PACKED):
             raise ValueError(f"a SignThreshold produces signs; out_kind must be sign_int8 or packed, got {kind.value}")
-        if epilogue is not None or residual is not None:
+        if residual is not None:
             raise ValueError("pass either a SignThreshold or an epilogue/residual, not both")
         if real_acc:
             raise ValueError("SignThreshold needs an integer accumulator (W1A1), not a real-valued input")
-    if kind == OutputKind.ACC and (epilogue is not None or residual is not None):
-        raise ValueError("out_kind='acc' returns the raw accumulator; it takes no epilogue or residual")
+    if kind == OutputKind.ACC:
+        if stage.has_epilogue or residual is not None:
+            raise ValueError("out_kind='acc' returns the raw accumulator; it takes no epilogue or residual")
+    elif not (stage.has_epilogue or stage.has_threshold):
+        raise ValueError(f"out_kind={kind.value!r} needs epilogue parameters ((4, C) float32) or sign thresholds "
+                         "((2, C) int32)")
     if kind == OutputKind.FLOAT and out_dtype not in FLOAT_OUTPUT_DTYPES:
         raise TypeError(f"out_dtype must be one of float32, float16, bfloat16, got {out_dtype}")
-    return kind
 
 
 def output_shape(rows: tuple[int, ...], channels: int, kind: OutputKind) -> tuple[int, ...]:
@@ -209,53 +273,53 @@ def output_dtype(kind: OutputKind, out_dtype: torch.dtype, real_acc: bool) -> to
 
 @triton.jit
 def store_epilogue(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                   OUT_MODE: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr, RELU: tl.constexpr,
+                   OUT_KIND: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr, RELU: tl.constexpr,
                    HAS_RESIDUAL: tl.constexpr, BN: tl.constexpr):
     """Apply the epilogue to the ``(BM, BN)`` accumulator tile of rows ``offs_m``, channels
     ``n0 .. n0 + BN`` and store it. ``stride_om`` counts elements of ``out`` (words for PACKED);
-    ``n0`` is a multiple of ``BN``, which is a multiple of 32 for PACKED.
+    ``n0`` is a multiple of ``BN``, which is a multiple of 32 for packed outputs.
 
     With a float epilogue, tiles of 64 channels are processed in halves, wider ones in
     quarters: the float temporaries and the residual tile then need a fraction of the
     registers on top of the accumulator (without this, conv tiles of 128x128 spill on sm_90).
     """
     BM: tl.constexpr = acc.shape[0]
-    if OUT_MODE == 0 or SIGN_FROM_THRESHOLD:  # no float temporaries: splitting would only add shuffles
+    if OUT_KIND == _OUT_ACC or SIGN_FROM_THRESHOLD:  # no float temporaries: splitting would only add shuffles
         _store_epilogue_part(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                             OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN)
+                             OUT_KIND, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN)
     elif BN >= 128:
         left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
         _store_epilogue_halves(left, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                               OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
+                               OUT_KIND, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
         _store_epilogue_halves(right, offs_m, n0 + BN // 2, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr,
-                               thr_ptr, OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
+                               thr_ptr, OUT_KIND, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
     elif BN >= 64:
         _store_epilogue_halves(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                               OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN)
+                               OUT_KIND, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN)
     else:
         _store_epilogue_part(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                             OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN)
+                             OUT_KIND, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN)
 
 
 @triton.jit
 def _store_epilogue_halves(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                           OUT_MODE: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr, RELU: tl.constexpr,
+                           OUT_KIND: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr, RELU: tl.constexpr,
                            HAS_RESIDUAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
     _store_epilogue_part(left, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                         OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
+                         OUT_KIND, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
     _store_epilogue_part(right, offs_m, n0 + BN // 2, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr,
-                         thr_ptr, OUT_MODE, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
+                         thr_ptr, OUT_KIND, SIGN_FROM_THRESHOLD, RELU, HAS_RESIDUAL, BM, BN // 2)
 
 
 @triton.jit
 def _store_epilogue_part(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, stride_rm, params_ptr, thr_ptr,
-                         OUT_MODE: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr, RELU: tl.constexpr,
+                         OUT_KIND: tl.constexpr, SIGN_FROM_THRESHOLD: tl.constexpr, RELU: tl.constexpr,
                          HAS_RESIDUAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     offs_n = n0 + tl.arange(0, BN)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    if OUT_MODE == 0:
+    if OUT_KIND == _OUT_ACC:
         tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
     else:
         if SIGN_FROM_THRESHOLD:
@@ -275,11 +339,11 @@ def _store_epilogue_part(acc, offs_m, n0, M, N, out_ptr, stride_om, res_ptr, str
                 r = tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :],
                             mask=m_ok[:, None] & n_ok[None, :], other=0.0)
                 y = y + r.to(tl.float32)
-            positive = y >= 0
-        if OUT_MODE == 1:
+            positive = nonnegative(y)
+        if OUT_KIND == _OUT_FLOAT:
             tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty),
                      mask=m_ok[:, None] & n_ok[None, :])
-        elif OUT_MODE == 2:
+        elif OUT_KIND == _OUT_SIGN_INT8:
             sign = tl.where(positive, 1, -1).to(tl.int8)
             tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], sign, mask=m_ok[:, None] & n_ok[None, :])
         else:

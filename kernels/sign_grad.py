@@ -22,7 +22,6 @@ The slope is computed in float32 for half-precision inputs (float64 stays float6
 
 from __future__ import annotations
 
-import enum
 import math
 
 import torch
@@ -36,18 +35,11 @@ from .elementwise import (
     needs_int64_index,
     shared_dense_layout,
 )
+from .kinds import _EST_APPROX_SIGN, _EST_CLIPPED_STE, _EST_STE, EstimatorKind
+from .launch import on_device
 
 RESTE_M = 0.1
 """Half-width of ReSTE's rectified interval around 0 (the reference code's ``interval``)."""
-
-
-class EstimatorKind(enum.IntEnum):
-    """Integer codes of the built-in estimators (kernels take them as a constexpr)."""
-
-    STE = 0
-    CLIPPED_STE = 1
-    APPROX_SIGN = 2
-    RESTE = 3
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -62,7 +54,7 @@ def estimator_slope_reference(x: torch.Tensor, kind: int, o: float = 1.0, t: flo
     """
     a = x.to(compute_dtype(x.dtype)).abs()
     zero = torch.zeros((), dtype=a.dtype, device=a.device)
-    kind = EstimatorKind(kind)
+    kind = estimator_kind(kind)
     if kind == EstimatorKind.STE:
         return torch.ones_like(a)
     if kind == EstimatorKind.CLIPPED_STE:
@@ -86,13 +78,10 @@ SIGN_GRAD_BLOCK = 4096
 SIGN_GRAD_WARPS = 8
 
 
-def estimator_kind(kind: int | EstimatorKind) -> EstimatorKind:
-    """``kind`` as an :class:`EstimatorKind`; a ``ValueError`` naming the valid codes otherwise."""
-    try:
-        return EstimatorKind(kind)
-    except ValueError:
-        valid = ", ".join(f"{k.value} ({k.name})" for k in EstimatorKind)
-        raise ValueError(f"unknown estimator kind {kind!r}; expected one of {valid}") from None
+def estimator_kind(kind: int | str | EstimatorKind) -> EstimatorKind:
+    """``kind`` (a member, its name or its kernel code) as an :class:`EstimatorKind`; a
+    ``ValueError`` naming the valid kinds otherwise."""
+    return EstimatorKind.parse(kind)
 
 
 def estimator_constants(kind: int, o: float, t: float) -> tuple[float, float, float, float, float]:
@@ -124,13 +113,13 @@ def estimator_slope(x, rectified, coef, exponent, t, m, KIND: tl.constexpr, INTE
     memory-bound in bf16. ``INTERPRET`` selects ``tl.log2`` (the interpreter has no libdevice).
     """
     a = tl.abs(x.to(tl.float32))
-    if KIND == 0:  # STE
+    if KIND == _EST_STE:
         g = tl.full(a.shape, 1.0, tl.float32)
-    elif KIND == 1:  # CLIPPED_STE
+    elif KIND == _EST_CLIPPED_STE:
         g = tl.where(a <= t, 1.0, 0.0)
-    elif KIND == 2:  # APPROX_SIGN
+    elif KIND == _EST_APPROX_SIGN:
         g = tl.where(a <= 1.0, 2.0 - 2.0 * tl.minimum(a, 1.0), 0.0)  # clamped: no overflow off-branch
-    else:  # RESTE
+    else:  # _EST_RESTE
         a_in = tl.minimum(tl.maximum(a, m), t)
         if INTERPRET:
             log2_a = tl.log2(a_in)
@@ -164,7 +153,7 @@ def sign_grad(x: torch.Tensor, grad_out: torch.Tensor, kind: int, o: float = 1.0
     Args:
         x: the binarized input saved by the forward; fp16, bf16 or fp32, any shape.
         grad_out: gradient of the ±1 output; same shape and device as ``x``, fp16/bf16/fp32.
-        kind: an :class:`EstimatorKind` (or its int code); ``o``, ``t``: ReSTE's power and
+        kind: an :class:`EstimatorKind` (or its name or code); ``o``, ``t``: ReSTE's power and
             clipping threshold (``t`` also clips CLIPPED_STE).
 
     Returns:
@@ -185,9 +174,10 @@ def sign_grad(x: torch.Tensor, grad_out: torch.Tensor, kind: int, o: float = 1.0
     if n == 0:
         return grad_in
     grid = (triton.cdiv(n, SIGN_GRAD_BLOCK),)
-    _sign_grad_kernel[grid](
-        x, grad_out, grad_in, n, rectified, coef, exponent, t, m,
-        KIND=int(kind), BLOCK=SIGN_GRAD_BLOCK, INDEX_64=needs_int64_index(grid[0] * SIGN_GRAD_BLOCK - 1),
-        INTERPRET=interpreting(), num_warps=SIGN_GRAD_WARPS,
-    )
+    with on_device(x.device):
+        _sign_grad_kernel[grid](
+            x, grad_out, grad_in, n, rectified, coef, exponent, t, m,
+            KIND=kind.code, BLOCK=SIGN_GRAD_BLOCK, INDEX_64=needs_int64_index(grid[0] * SIGN_GRAD_BLOCK - 1),
+            INTERPRET=interpreting(), num_warps=SIGN_GRAD_WARPS,
+        )
     return grad_in

@@ -23,8 +23,9 @@ import torch
 from .triton_compat import tl, triton
 
 from .binarize import binarize, binarize_reference
-from .bits import interpreting
+from .bits import interpreting, nonnegative
 from .elementwise import check_kernel_tensor, check_same_shape_device, needs_int64_index
+from .launch import on_device
 from .sign_grad import (
     compute_dtype,
     estimator_constants,
@@ -122,7 +123,7 @@ def _group_sum(w_ptr, grad_out_ptr, row, lo, hi, WITH_GRAD: tl.constexpr, BLOCK:
         w = tl.load(w_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
         if WITH_GRAD:
             grad_out = tl.load(grad_out_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
-            acc += tl.where(w >= 0, grad_out, -grad_out)
+            acc += tl.where(nonnegative(w), grad_out, -grad_out)
         else:
             acc += tl.abs(w)
     return tl.sum(acc, axis=0)
@@ -169,7 +170,7 @@ def _scaled_binarize_forward_kernel(
         offs = start + tl.arange(0, BLOCK)
         mask = offs < hi
         w = tl.load(w_ptr + row + offs, mask=mask).to(tl.float32)
-        out = tl.where(w >= 0, alpha, -alpha)
+        out = tl.where(nonnegative(w), alpha, -alpha)
         tl.store(out_ptr + row + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -259,10 +260,11 @@ def scaled_binarize_forward(w: torch.Tensor, scale: str) -> tuple[torch.Tensor, 
         return out, alpha.fill_(float("nan")).reshape(_alpha_shape(w, scale))  # mean of nothing, as torch
     fused, chunk, splits, splits_block, index_64 = group_plan(groups, k)
     partial = _partial_sums(w, w, groups, k, chunk, splits, fused, index_64, with_grad=False)
-    _scaled_binarize_forward_kernel[(groups, splits)](
-        w, partial, alpha, out, k, chunk, splits,
-        FUSED=fused, SPLITS_BLOCK=splits_block, BLOCK=GROUP_BLOCK, INDEX_64=index_64, num_warps=WEIGHT_WARPS,
-    )
+    with on_device(w.device):
+        _scaled_binarize_forward_kernel[(groups, splits)](
+            w, partial, alpha, out, k, chunk, splits,
+            FUSED=fused, SPLITS_BLOCK=splits_block, BLOCK=GROUP_BLOCK, INDEX_64=index_64, num_warps=WEIGHT_WARPS,
+        )
     return out, alpha.reshape(_alpha_shape(w, scale))
 
 
@@ -304,11 +306,12 @@ def scaled_binarize_backward(
         return grad_w
     fused, chunk, splits, splits_block, index_64 = group_plan(groups, k)
     partial = _partial_sums(w, grad_out, groups, k, chunk, splits, fused, index_64, with_grad=True)
-    _scaled_binarize_backward_kernel[(groups, splits)](
-        w, grad_out, alpha, partial, grad_w, k, chunk, splits, rectified, coef, exponent, t, m,
-        KIND=int(kind), FUSED=fused, SPLITS_BLOCK=splits_block, BLOCK=GROUP_BLOCK, INDEX_64=index_64,
-        INTERPRET=interpreting(), num_warps=WEIGHT_WARPS,
-    )
+    with on_device(w.device):
+        _scaled_binarize_backward_kernel[(groups, splits)](
+            w, grad_out, alpha, partial, grad_w, k, chunk, splits, rectified, coef, exponent, t, m,
+            KIND=kind.code, FUSED=fused, SPLITS_BLOCK=splits_block, BLOCK=GROUP_BLOCK, INDEX_64=index_64,
+            INTERPRET=interpreting(), num_warps=WEIGHT_WARPS,
+        )
     return grad_w
 
 
@@ -318,8 +321,9 @@ def _partial_sums(w: torch.Tensor, grad_out: torch.Tensor, groups: int, k: int, 
     if fused:
         return torch.empty(1, dtype=torch.float32, device=w.device)
     partial = torch.empty((groups, splits), dtype=torch.float32, device=w.device)
-    _group_partial_sum_kernel[(groups, splits)](
-        w, grad_out, partial, k, chunk, splits,
-        WITH_GRAD=with_grad, BLOCK=GROUP_BLOCK, INDEX_64=index_64, num_warps=WEIGHT_WARPS,
-    )
+    with on_device(w.device):
+        _group_partial_sum_kernel[(groups, splits)](
+            w, grad_out, partial, k, chunk, splits,
+            WITH_GRAD=with_grad, BLOCK=GROUP_BLOCK, INDEX_64=index_64, num_warps=WEIGHT_WARPS,
+        )
     return partial

@@ -6,7 +6,8 @@
   the channel words of a packed NHWC activation.
 
 Bits follow :mod:`bnnkit.kernels.bitpack` (bit 1 = +1 = ``w >= 0``, LSB first, zero padding
-bits). ``expand_weight_int8`` gives the same weights as int8 ±1 (one byte per weight, 0 in the
+bits; :func:`~bnnkit.kernels.bitpack.unpack_signs_reference` inverts both along the last dim).
+``expand_weight_int8`` gives the same weights as int8 ±1 (one byte per weight, 0 in the
 padding), an alternative operand for large batches where reading 8x more weight bytes is
 cheaper than unpacking bits for every output tile.
 """
@@ -32,18 +33,6 @@ def pack_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     return pack_signs_reference(weight.permute(0, 2, 3, 1)).contiguous()
 
 
-def unpack_linear_weight(words: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverse of :func:`pack_linear_weight`: ``(N, ceil(K/32))`` -> ``(N, K)`` ±1."""
-    return unpack_signs_reference(words, in_features, dtype)
-
-
-def unpack_conv_weight(words: torch.Tensor, in_channels: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverse of :func:`pack_conv_weight`: OHWI words -> ``(C_out, C_in, KH, KW)`` ±1 (OIHW)."""
-    if words.dim() != 4:
-        raise ValueError(f"packed conv weight must be 4-D (C_out, KH, KW, words), got shape {tuple(words.shape)}")
-    return unpack_signs_reference(words, in_channels, dtype).permute(0, 3, 1, 2).contiguous()
-
-
 def expand_weight_int8(words: torch.Tensor, k: int) -> torch.Tensor:
     """Packed words ``(..., ceil(k/32))`` -> int8 ±1 ``(..., k)`` (the kernels' int8 weight operand)."""
     return unpack_signs_reference(words, k, torch.int8).contiguous()
@@ -62,5 +51,4 @@ def aligned_words(words: torch.Tensor, multiple: int = 4) -> torch.Tensor:
     return buf[..., :width]
 
 
-__all__ = ["num_words", "pack_linear_weight", "pack_conv_weight", "unpack_linear_weight", "unpack_conv_weight",
-           "expand_weight_int8", "aligned_words"]
+__all__ = ["num_words", "pack_linear_weight", "pack_conv_weight", "expand_weight_int8", "aligned_words"]

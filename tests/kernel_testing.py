@@ -59,3 +59,17 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float
         i = tuple(bad.nonzero()[0].tolist())
         raise AssertionError(f"{what}: {int(bad.sum())} of {w.numel()} outside rtol={rtol} atol={atol}; "
                              f"first at {i}: {g[i].item()} vs {w[i].item()}")
+
+
+def sign_edge_values(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Random normal values in ``dtype`` (CPU), about a third of them replaced by the values a
+    sign test gets wrong most easily: +0, -0, ± a subnormal, ± the smallest normal, ±max,
+    ±inf and NaN (binarized as +1, +1, ±1, ±1, ±1, ±1, -1)."""
+    info = torch.finfo(dtype)
+    special = torch.tensor([0.0, -0.0, info.tiny / 4, -info.tiny / 4, info.tiny, -info.tiny, info.max, -info.max,
+                            float("inf"), float("-inf"), float("nan")], dtype=torch.float64).to(dtype)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(dtype)
+    pick = torch.rand(shape, generator=g) < 0.35
+    x[pick] = special[torch.randint(len(special), (int(pick.sum()),), generator=g)]
+    return x

@@ -23,6 +23,7 @@ allocate more than the tensor file holds.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import keyword
 import math
@@ -90,8 +91,12 @@ def _encode(value: Any, nodes: dict[fx.Node, int] | None, where: str) -> Any:
         if nodes is None or value not in nodes:
             raise GraphFormatError(f"{where}: refers to a node that is not earlier in the graph")
         return {"node": nodes[value]}
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, enum.Enum) and isinstance(value, str):  # the packed layers' kinds
+        return value.value
+    if isinstance(value, str):
+        return str(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):

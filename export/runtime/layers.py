@@ -1,7 +1,9 @@
 """Packed layers: a binary conv / linear with its fused epilogue, as an ``nn.Module``.
 
 They hold only buffers (packed weights and per-channel epilogue parameters) and call the
-ops of :mod:`bnnkit.export.runtime.ops`. Activations between PyTorch modules stay NCHW tensors in
+ops of :mod:`bnnkit.export.runtime.ops`, which hand the buffers to the Triton kernel as they
+are: the buffers are the kernels' layout, so a forward is one kernel launch with nothing to
+prepare per call. Activations between PyTorch modules stay NCHW tensors in
 channels_last memory format, which is NHWC in memory, so moving in and out of the NHWC
 kernels is a free ``permute``. Between two packed layers that only need signs the tensor is
 the packed bits themselves: ``(N, H, W, ceil(C/32))`` int32 for convolutions, ``(...,
@@ -14,27 +16,40 @@ import torch
 from torch import nn
 
 from bnnkit.kernels.bitpack import num_words
+from bnnkit.kernels.kinds import InputKind, OutputKind
 from bnnkit.kernels.weight_pack import pack_conv_weight, pack_linear_weight
 
 from . import ops  # noqa: F401  (registers torch.ops.bnnkit.*)
 
-INPUT_KINDS = ("binarize", "packed", "real")
-OUTPUT_KINDS = ("float", "packed")
+LAYER_INPUT_KINDS = (InputKind.BINARIZE, InputKind.PACKED, InputKind.REAL)
+"""What a packed layer reads: real values it binarizes, the packed bits of the previous packed
+layer, or real values it uses as they are (1w32a)."""
+LAYER_OUTPUT_KINDS = (OutputKind.FLOAT, OutputKind.PACKED)
+"""What a packed layer writes: float values, or packed sign bits for a following packed layer."""
 
 
-def _check_kinds(input_kind: str, output_kind: str) -> None:
-    if input_kind not in INPUT_KINDS:
-        raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
-    if output_kind not in OUTPUT_KINDS:
-        raise ValueError(f"output_kind must be one of {', '.join(OUTPUT_KINDS)}, got {output_kind!r}")
+def _layer_kind(value: str, accepted: tuple, name: str):
+    if isinstance(value, str):
+        for kind in accepted:
+            if value == kind.value:
+                return kind
+    raise ValueError(f"{name} must be one of {', '.join(k.value for k in accepted)}, got {value!r}")
 
 
 class PackedLayer(nn.Module):
     """What packed conv and linear layers share: the epilogue buffers and the encodings.
 
-    Buffers: ``weight_bits`` (packed int32 words); ``epilogue`` ``(4, C_out)`` float32 rows
-    ``scale, bias, post_scale, post_bias`` (float outputs), or ``thresholds`` ``(2, C_out)``
-    int32 ``lo, hi`` (packed outputs: ``bit = lo <= acc <= hi``).
+    Persistent buffers (the artifact format): ``weight_bits`` (packed int32 words); ``epilogue``
+    ``(4, C_out)`` float32 rows ``scale, bias, post_scale, post_bias`` (float outputs), or
+    ``thresholds`` ``(2, C_out)`` int32 ``lo, hi`` (packed outputs: ``bit = lo <= acc <= hi``).
+    The stage a layer does not use is an empty non-persistent placeholder under the same name
+    (what the ops take for "not used").
+
+    Nothing is derived from the buffers' values: the ops hand them to the kernel as they are
+    (:class:`~bnnkit.kernels.epilogue.KernelStage`), so filling them in place (``copy_``, as
+    ``pack`` does, or ``load_state_dict``) needs no rebuild. Moving the layer (``.to(device)``,
+    ``.cuda()``) moves every buffer; dtype conversions (``.half()``, ``.to(torch.bfloat16)``)
+    leave them as they are, since their dtypes are the format the kernels read.
     """
 
     weight_bits: torch.Tensor
@@ -43,15 +58,16 @@ class PackedLayer(nn.Module):
 
     def _init_buffers(self, weight_bits: torch.Tensor, out_channels: int, input_kind: str, output_kind: str,
                       relu: bool, residual: bool) -> None:
-        _check_kinds(input_kind, output_kind)
-        if output_kind == "packed" and residual:
+        input_kind = _layer_kind(input_kind, LAYER_INPUT_KINDS, "input_kind")
+        output_kind = _layer_kind(output_kind, LAYER_OUTPUT_KINDS, "output_kind")
+        if output_kind == OutputKind.PACKED and residual:
             raise ValueError("a packed output cannot take a residual (the threshold form is per channel)")
         self.input_kind = input_kind
         self.output_kind = output_kind
         self.relu = bool(relu)
         self.residual = bool(residual)
         self.register_buffer("weight_bits", weight_bits.contiguous())
-        if output_kind == "packed":
+        if output_kind == OutputKind.PACKED:
             self.register_buffer("thresholds", torch.zeros(2, out_channels, dtype=torch.int32))
             self.register_buffer("epilogue", torch.zeros(0, out_channels), persistent=False)
         else:
@@ -60,23 +76,35 @@ class PackedLayer(nn.Module):
             self.register_buffer("epilogue", epilogue)
             self.register_buffer("thresholds", torch.zeros(2, 0, dtype=torch.int32), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        # buffers follow device moves but keep their dtypes: the kernels read float32 epilogue
+        # rows and int32 words whatever the model's float dtype (.half() must not round them)
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(device=new.device)
+        return self
+
     def _out_dtype(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:
         if x.is_floating_point():
             return x.dtype
         if residual is not None:
             return residual.dtype
-        return self.epilogue.dtype if self.epilogue.is_floating_point() else torch.float32
+        return torch.float32
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if self.input_kind == "packed" and x.dtype != torch.int32:
+        if self.input_kind == InputKind.PACKED and x.dtype != torch.int32:
             raise TypeError(f"{type(self).__name__} expects packed int32 bits from the previous packed layer, "
                             f"got {x.dtype}")
-        if self.input_kind != "packed" and not x.is_floating_point():
+        if self.input_kind != InputKind.PACKED and not x.is_floating_point():
             raise TypeError(f"{type(self).__name__} expects a float input, got {x.dtype}")
 
     def encoding(self) -> dict:
         """How this layer's tensors and activations are encoded (for the artifact manifest)."""
-        return {"input": self.input_kind, "output": self.output_kind, "relu": self.relu, "residual": self.residual}
+        return {"input": self.input_kind.value, "output": self.output_kind.value, "relu": self.relu,
+                "residual": self.residual}
 
 
 class PackedConv2d(PackedLayer):
@@ -111,16 +139,18 @@ class PackedConv2d(PackedLayer):
         self._check_input(x)
         if (residual is not None) != self.residual:
             raise ValueError(f"this PackedConv2d was packed {'with' if self.residual else 'without'} a residual")
-        nhwc = x if self.input_kind == "packed" else x.permute(0, 2, 3, 1)
+        nhwc = x if self.input_kind == InputKind.PACKED else x.permute(0, 2, 3, 1)
         res = residual.permute(0, 2, 3, 1) if residual is not None else None
         out = torch.ops.bnnkit.packed_conv2d(nhwc, self.weight_bits, self.epilogue, self.thresholds, res,
-                                             self.in_channels, self.stride, self.padding, self.input_kind == "real",
-                                             self.relu, self.output_kind, self._out_dtype(x, residual))
-        return out if self.output_kind == "packed" else out.permute(0, 3, 1, 2)
+                                             self.in_channels, self.stride, self.padding,
+                                             self.input_kind == InputKind.REAL, self.relu, self.output_kind.value,
+                                             self._out_dtype(x, residual))
+        return out if self.output_kind == OutputKind.PACKED else out.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, input={self.input_kind}, output={self.output_kind}, relu={self.relu}, "
+                f"padding={self.padding}, input={self.input_kind.value}, output={self.output_kind.value}, "
+                f"relu={self.relu}, "
                 f"residual={self.residual}")
 
 
@@ -150,9 +180,10 @@ class PackedLinear(PackedLayer):
         if (residual is not None) != self.residual:
             raise ValueError(f"this PackedLinear was packed {'with' if self.residual else 'without'} a residual")
         return torch.ops.bnnkit.packed_linear(x, self.weight_bits, self.epilogue, self.thresholds, residual,
-                                              self.in_features, self.input_kind == "real", self.relu,
-                                              self.output_kind, self._out_dtype(x, residual))
+                                              self.in_features, self.input_kind == InputKind.REAL, self.relu,
+                                              self.output_kind.value, self._out_dtype(x, residual))
 
     def extra_repr(self) -> str:
-        return (f"{self.in_features}, {self.out_features}, input={self.input_kind}, output={self.output_kind}, "
+        return (f"{self.in_features}, {self.out_features}, input={self.input_kind.value}, "
+                f"output={self.output_kind.value}, "
                 f"relu={self.relu}, residual={self.residual}")

@@ -13,7 +13,7 @@ from bnnkit import schema
 from bnnkit.artifacts import ArtifactError
 
 from .graph_format import check_graph
-from .layers import INPUT_KINDS, OUTPUT_KINDS
+from .layers import LAYER_INPUT_KINDS, LAYER_OUTPUT_KINDS
 
 FORMAT_KIND = "bnnkit-packed"
 FORMAT_VERSION = 2
@@ -32,8 +32,8 @@ def _architecture(value: Any, where: str) -> dict[str, Any]:
     return arch
 
 
-_LAYER = schema.record({"input": lambda v, w: schema.string(v, w, INPUT_KINDS),
-                        "output": lambda v, w: schema.string(v, w, OUTPUT_KINDS),
+_LAYER = schema.record({"input": lambda v, w: schema.string(v, w, tuple(k.value for k in LAYER_INPUT_KINDS)),
+                        "output": lambda v, w: schema.string(v, w, tuple(k.value for k in LAYER_OUTPUT_KINDS)),
                         "relu": schema.boolean, "residual": schema.boolean})
 
 _FIELDS = schema.record(
@@ -60,7 +60,7 @@ def _input_spec(value: Any, where: str):
 def check_manifest(manifest: Any, directory: str) -> dict[str, Any]:
     """The checked manifest of the artifact in ``directory`` (raises :class:`ArtifactError`);
     ``input_spec`` (absent in artifacts written before it existed) becomes an ``InputSpec``."""
-    checked = _FIELDS(manifest, f"manifest of {directory!r}")
+    checked = _FIELDS(manifest, f"manifest of {directory!r}:")
     spec, shape = checked.get("input_spec"), checked["input_shape"]
     if spec is not None and shape is not None and tuple(spec.shape) != tuple(shape):
         raise ArtifactError(f"manifest of {directory!r}: input_spec.shape {list(spec.shape)} differs from "

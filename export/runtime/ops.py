@@ -4,15 +4,27 @@ see them as single nodes (``torch.ops.bnnkit.packed_conv2d`` / ``packed_linear``
 Each runs the Triton kernel where :func:`bnnkit.backend.use_triton` says so (CUDA by default,
 CPU under ``TRITON_INTERPRET=1`` with ``BNNKIT_BACKEND=triton``) and the PyTorch reference
 otherwise. Their fake (meta) implementations give output shapes for tracing, symbolic batch
-sizes included.
+sizes included. On the Triton route a call is one kernel launch and no other tensor work
+than allocating its output: the epilogue tensors reach the kernel as they are
+(:class:`~bnnkit.kernels.epilogue.KernelStage`), and the launch runs under ``x``'s device.
 
-Arguments shared by both ops:
+Argument conventions, shared by both ops (checked, with errors that name what is accepted):
 
-- ``weight``: packed words (conv: OHWI ``(C_out, KH, KW, ceil(C_in/32))``, linear
-  ``(N, ceil(K/32))``), int32.
-- ``epilogue``: ``(4, C_out)`` float rows ``scale, bias, post_scale, post_bias`` or an empty
-  tensor when ``thresholds`` is used; ``thresholds``: ``(2, C_out)`` int32 ``lo, hi`` or empty.
-- ``out_kind``: ``"float"`` (``out_dtype``), ``"packed"`` or ``"sign_int8"``.
+- ``x``: conv NHWC ``(N, H, W, C_in)``, linear ``(..., K)``. Its dtype says its encoding: float32 /
+  float16 / bfloat16 values (binarized on load, ``x >= 0`` -> +1, or used as they are with
+  ``real_input=True``), or int32 words of sign bits packed along the last dim
+  (``ceil(C_in/32)`` or ``ceil(K/32)`` words, :mod:`bnnkit.kernels.bitpack`).
+- ``weight``: packed words, int32; conv OHWI ``(C_out, KH, KW, ceil(C_in/32))``, linear
+  ``(N, ceil(K/32))``.
+- ``epilogue``: ``(4, C_out)`` float32 rows ``scale, bias, post_scale, post_bias`` of
+  ``y = post_scale * act(acc * scale + bias) + post_bias`` (``act`` = ReLU when ``relu``), or an
+  empty tensor when ``thresholds`` gives the signs.
+- ``thresholds``: ``(2, C_out)`` int32 rows ``lo, hi`` (``bit = lo <= acc <= hi``), or empty.
+  Both empty: no parameters (``y = act(acc)``).
+- ``residual``: float, the output's shape (NHWC for conv), added last; or ``None``.
+- ``out_kind``: ``"float"`` (``out_dtype``), ``"packed"`` (int32 words along channels) or
+  ``"sign_int8"``, the values of :class:`~bnnkit.kernels.kinds.OutputKind`.
+- An empty batch gives an empty output of the right shape.
 """
 
 from __future__ import annotations
@@ -23,20 +35,25 @@ from bnnkit.backend import use_triton
 from bnnkit.kernels.binary_conv import binary_conv2d, binary_conv2d_reference
 from bnnkit.kernels.binary_gemm import binary_gemm, binary_gemm_reference
 from bnnkit.kernels.bitpack import num_words
-from bnnkit.kernels.epilogue import Epilogue, SignThreshold
+from bnnkit.kernels.epilogue import Epilogue, KernelStage
+from bnnkit.kernels.kinds import OutputKind
 
 _NAMESPACE = "bnnkit"
+OP_OUTPUT_KINDS = (OutputKind.FLOAT, OutputKind.PACKED, OutputKind.SIGN_INT8)
 
 
-def _output_stage(epilogue: torch.Tensor, thresholds: torch.Tensor, relu: bool) -> dict:
-    if thresholds.numel():
-        return {"threshold": SignThreshold(thresholds[0], thresholds[1])}
-    return {"epilogue": Epilogue(scale=epilogue[0], bias=epilogue[1], relu=relu, post_scale=epilogue[2],
-                                 post_bias=epilogue[3])}
+def _stage(epilogue: torch.Tensor, thresholds: torch.Tensor, relu: bool) -> dict:
+    """The output-stage arguments of the kernel functions (no tensor work: the tensors as they are)."""
+    if epilogue.numel() == 0 and thresholds.numel() == 0:
+        return {"epilogue": Epilogue(relu=relu)}  # no parameters: scale 1, bias 0
+    return {"stage": KernelStage(epilogue, thresholds, relu)}
 
 
 def _out_dtype(out_kind: str, out_dtype: torch.dtype) -> torch.dtype:
-    return {"float": out_dtype, "packed": torch.int32, "sign_int8": torch.int8}[out_kind]
+    kind = OutputKind.parse(out_kind)
+    if kind not in OP_OUTPUT_KINDS:
+        raise ValueError(f"out_kind must be one of {', '.join(k.value for k in OP_OUTPUT_KINDS)}, got {out_kind!r}")
+    return {OutputKind.FLOAT: out_dtype, OutputKind.PACKED: torch.int32, OutputKind.SIGN_INT8: torch.int8}[kind]
 
 
 @torch.library.custom_op(f"{_NAMESPACE}::packed_conv2d", mutates_args=())
@@ -44,9 +61,10 @@ def packed_conv2d(x: torch.Tensor, weight: torch.Tensor, epilogue: torch.Tensor,
                   residual: torch.Tensor | None, in_channels: int, stride: int, padding: int, real_input: bool,
                   relu: bool, out_kind: str, out_dtype: torch.dtype) -> torch.Tensor:
     """Binary conv on NHWC ``x`` (real, or int32 packed along channels) -> NHWC output."""
+    _out_dtype(out_kind, out_dtype)
     fn = binary_conv2d if use_triton(x) else binary_conv2d_reference
     return fn(x, weight, in_channels, stride=stride, padding=padding, real_input=real_input, out_kind=out_kind,
-              residual=residual, out_dtype=out_dtype, **_output_stage(epilogue, thresholds, relu))
+              residual=residual, out_dtype=out_dtype, **_stage(epilogue, thresholds, relu))
 
 
 @packed_conv2d.register_fake
@@ -56,7 +74,7 @@ def _packed_conv2d_fake(x, weight, epilogue, thresholds, residual, in_channels, 
     co, kh, kw = weight.shape[0], weight.shape[1], weight.shape[2]
     oh = (h + 2 * padding - kh) // stride + 1
     ow = (w + 2 * padding - kw) // stride + 1
-    c = num_words(co) if out_kind == "packed" else co
+    c = num_words(co) if out_kind == OutputKind.PACKED.value else co
     return x.new_empty((n, oh, ow, c), dtype=_out_dtype(out_kind, out_dtype))
 
 
@@ -65,14 +83,15 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, epilogue: torch.Tensor,
                   residual: torch.Tensor | None, in_features: int, real_input: bool, relu: bool, out_kind: str,
                   out_dtype: torch.dtype) -> torch.Tensor:
     """Binary linear on ``x`` ``(..., K)`` real or ``(..., ceil(K/32))`` packed -> ``(..., N)``."""
+    _out_dtype(out_kind, out_dtype)
     fn = binary_gemm if use_triton(x) else binary_gemm_reference
     return fn(x, weight, in_features, real_input=real_input, out_kind=out_kind, residual=residual,
-              out_dtype=out_dtype, **_output_stage(epilogue, thresholds, relu))
+              out_dtype=out_dtype, **_stage(epilogue, thresholds, relu))
 
 
 @packed_linear.register_fake
 def _packed_linear_fake(x, weight, epilogue, thresholds, residual, in_features, real_input, relu, out_kind,
                         out_dtype):
     n = weight.shape[0]
-    c = num_words(n) if out_kind == "packed" else n
+    c = num_words(n) if out_kind == OutputKind.PACKED.value else n
     return x.new_empty((*x.shape[:-1], c), dtype=_out_dtype(out_kind, out_dtype))

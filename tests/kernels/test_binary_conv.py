@@ -11,7 +11,7 @@ from bnnkit.kernels.binary_conv import binary_conv2d, binary_conv2d_reference  #
 from bnnkit.kernels.epilogue import Epilogue, sign_thresholds  # noqa: E402
 from bnnkit.kernels.weight_pack import expand_weight_int8, pack_conv_weight  # noqa: E402
 from kernel_testing import (  # noqa: E402
-    FLOAT_OUT_TOL, assert_close, assert_equal, encode_activation, kernel_device, poisoned)
+    FLOAT_OUT_TOL, assert_close, assert_equal, encode_activation, kernel_device, poisoned, sign_edge_values)
 
 DEVICE = kernel_device()
 PROPERTY = settings(max_examples=15, deadline=None, derandomize=True, database=None)
@@ -152,3 +152,33 @@ def test_clear_errors():
         binary_conv2d(x, weight, 10, padding=1, residual=torch.zeros(1, 4, 4, 5, device=DEVICE))
     with pytest.raises(ValueError, match="words per tap"):
         binary_conv2d(torch.zeros(1, 4, 4, 40, device=DEVICE), weight, 40)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("c,stride", [(40, 1), (13, 2)])
+def test_half_inputs_binarize_exactly(dtype, c, stride):
+    """bf16 / fp16 NHWC activations binarized on load: the exact accumulator and exact
+    threshold bits, zeros, -0.0, subnormals, infinities and NaN included."""
+    x = sign_edge_values((2, 5, 6, c), dtype, seed=c)
+    _, wt = _inputs(1, 1, 1, c, 24, 3, c)
+    weight = pack_conv_weight(wt.cpu())
+    got = binary_conv2d(x.to(DEVICE), weight.to(DEVICE), c, stride=stride, padding=1, out_kind="acc")
+    assert_equal(got.cpu(), binary_conv2d_reference(x, weight, c, stride=stride, padding=1, out_kind="acc"), "acc")
+    assert_equal(got.cpu(), _int_reference(x, wt, stride, 1), "acc vs unfold")
+    ep = _epilogue(24, c, relu=True)
+    thr = sign_thresholds(Epilogue(scale=ep.scale.cpu(), bias=ep.bias.cpu(), relu=True), 24, 9 * c)
+    bits = binary_conv2d(x.to(DEVICE), weight.to(DEVICE), c, stride=stride, padding=1, out_kind="packed",
+                         threshold=thr)
+    assert_equal(bits.cpu(), binary_conv2d_reference(x, weight, c, stride=stride, padding=1, out_kind="packed",
+                                                     threshold=thr), "packed bits")
+
+
+@pytest.mark.parametrize("kind", ["float", "sign_int8", "packed", "acc"])
+@pytest.mark.parametrize("encoding", ["float", "packed"])
+def test_empty_batch_gives_an_empty_output_of_the_right_shape(kind, encoding):
+    x = encode_activation(torch.zeros(0, 5, 5, 20, device=DEVICE), encoding)
+    weight = pack_conv_weight(torch.randn(36, 20, 3, 3)).to(DEVICE)
+    width = 2 if kind == "packed" else 36
+    for fn in (binary_conv2d, binary_conv2d_reference):
+        got = fn(x, weight, 20, stride=2, padding=1, out_kind=kind)
+        assert got.shape == (0, 3, 3, width), f"{fn.__name__} {kind}"

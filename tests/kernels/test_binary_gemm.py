@@ -11,11 +11,11 @@ pytest.importorskip("triton")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from bnnkit.kernels.binary_gemm import GEMV_MAX_M, binary_gemm, binary_gemm_reference  # noqa: E402
-from bnnkit.kernels.epilogue import Epilogue, OutputKind, SignThreshold, sign_thresholds  # noqa: E402
+from bnnkit.kernels.epilogue import Epilogue, KernelStage, OutputKind, SignThreshold, sign_thresholds  # noqa: E402
 from bnnkit.kernels.bitpack import pack_signs_reference  # noqa: E402
 from bnnkit.kernels.weight_pack import aligned_words, expand_weight_int8, pack_linear_weight  # noqa: E402
 from kernel_testing import (  # noqa: E402
-    FLOAT_OUT_TOL, assert_close, assert_equal, encode_activation, kernel_device, poisoned)
+    FLOAT_OUT_TOL, assert_close, assert_equal, encode_activation, kernel_device, poisoned, sign_edge_values)
 
 DEVICE = kernel_device()
 PROPERTY = settings(max_examples=20, deadline=None, derandomize=True, database=None)
@@ -221,3 +221,65 @@ def test_clear_errors():
         with pytest.raises(TypeError, match="W1A16"):
             fn(pack_signs_reference(x), weight, 40, real_input=True)
     assert OutputKind("packed").code == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("route,use_descriptors,m", [("mma", False, 33), ("mma", True, 33), ("gemv", None, 5),
+                                                     ("gemv", None, 16)])
+def test_half_inputs_binarize_exactly_on_every_route(dtype, route, use_descriptors, m):
+    """bf16 / fp16 activations binarized on load: every route gives the exact accumulator,
+    zeros, -0.0, subnormals, infinities and NaN included (the interpreter's own bf16 compare
+    is wrong; the kernels compare through bnnkit.kernels.bits.nonnegative)."""
+    if use_descriptors and DEVICE == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA descriptors need sm_90+")
+    k = 256 if use_descriptors else 200
+    x = sign_edge_values((m, k), dtype, seed=m + k)
+    w = torch.randn(24, k, generator=torch.Generator().manual_seed(1))
+    weight = aligned_words(pack_linear_weight(w)) if use_descriptors else pack_linear_weight(w)
+    got = binary_gemm(x.to(DEVICE), weight.to(DEVICE), k, out_kind="acc", route=route,
+                      use_descriptors=use_descriptors, out=poisoned((m, 24), torch.int32, DEVICE))
+    assert_equal(got.cpu(), binary_gemm_reference(x, weight, k, out_kind="acc"), f"{dtype} {route}")
+    assert_equal(got.cpu(), _int_reference(x, w), f"{dtype} {route} vs int64 sum")
+    ep = _epilogue(24, m, relu=True)
+    thr = sign_thresholds(Epilogue(**{f: getattr(ep, f).cpu() for f in ("scale", "bias", "post_scale", "post_bias")},
+                                   relu=True), 24, k)
+    bits = binary_gemm(x.to(DEVICE), weight.to(DEVICE), k, out_kind="packed", threshold=thr, route=route,
+                       use_descriptors=use_descriptors)
+    assert_equal(bits.cpu(), binary_gemm_reference(x, weight, k, out_kind="packed", threshold=thr), "packed bits")
+
+
+@pytest.mark.parametrize("kind", ["float", "sign_int8", "packed", "acc"])
+@pytest.mark.parametrize("encoding", ["float", "packed"])
+@pytest.mark.parametrize("lead", [(0,), (3, 0)])
+def test_empty_batch_gives_an_empty_output_of_the_right_shape(kind, encoding, lead):
+    k, n = 45, 37
+    x = encode_activation(torch.zeros(*lead, k, device=DEVICE), encoding)
+    weight = pack_linear_weight(torch.randn(n, k)).to(DEVICE)
+    width = (n + 31) // 32 if kind == "packed" else n
+    for fn in (binary_gemm, binary_gemm_reference):
+        got = fn(x, weight, k, out_kind=kind)
+        assert got.shape == (*lead, width), f"{fn.__name__} {kind}"
+        assert got.dtype == {"float": torch.float32, "sign_int8": torch.int8, "packed": torch.int32,
+                             "acc": torch.int32}[kind]
+
+
+def test_prepared_stage_equals_the_dataclass_forms():
+    """stage= (the (4, C) / (2, C) layout packed layers hold) gives what epilogue= / threshold= give."""
+    m, n, k = 7, 40, 90
+    x, w = _inputs(m, n, k, 4)
+    weight = pack_linear_weight(w)
+    ep = _epilogue(n, 4, relu=True)
+    stage = KernelStage(ep.params(n, DEVICE), torch.empty(0, dtype=torch.int32, device=DEVICE), relu=True)
+    for route in ("mma", "gemv"):
+        assert_equal(binary_gemm(x, weight, k, stage=stage, route=route),
+                     binary_gemm(x, weight, k, epilogue=ep, route=route), f"float stage {route}")
+    thr = sign_thresholds(Epilogue(scale=ep.scale.cpu(), bias=ep.bias.cpu(), relu=True), n, k)
+    stage = KernelStage(torch.empty(0, device=DEVICE), torch.stack([thr.lo, thr.hi]).to(DEVICE))
+    assert_equal(binary_gemm(x, weight, k, out_kind="packed", stage=stage),
+                 binary_gemm_reference(x, weight, k, out_kind="packed", threshold=thr), "threshold stage")
+    with pytest.raises(ValueError, match="either stage="):
+        binary_gemm(x, weight, k, stage=stage, epilogue=ep)
+    with pytest.raises(ValueError, match=r"params must be a contiguous torch.float32 tensor of shape \(4, 40\)"):
+        binary_gemm(x, weight, k, stage=KernelStage(ep.params(n, DEVICE).double(), stage.thresholds[:0]))
+    with pytest.raises(ValueError, match="needs epilogue parameters"):
+        binary_gemm(x, weight, k, stage=KernelStage(stage.params, stage.thresholds[:0]))

@@ -8,7 +8,8 @@ import torch
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from bnnkit.kernels.bits import interpreting, pack_rows, popcount32, unpack_rows  # noqa: E402
+from bnnkit.kernels.binary_operands import unpack_rows_pm1  # noqa: E402
+from bnnkit.kernels.bits import interpreting, nonnegative, pack_rows, popcount32  # noqa: E402
 from bnnkit.kernels.bitpack import pack_signs_reference  # noqa: E402
 from bnnkit.kernels.compile_check import CompileRequest, compile_many  # noqa: E402
 
@@ -19,11 +20,35 @@ def _roundtrip_kernel(x_ptr, words_ptr, bits_ptr, count_ptr, ROWS: tl.constexpr,
     r = tl.arange(0, ROWS)[:, None]
     c = tl.arange(0, WORDS * 32)[None, :]
     x = tl.load(x_ptr + r * (WORDS * 32) + c)
-    words = pack_rows((x >= 0).to(tl.int32), ROWS, WORDS)
+    words = pack_rows(nonnegative(x).to(tl.int32), ROWS, WORDS)
     w = tl.arange(0, WORDS)[None, :]
     tl.store(words_ptr + r * WORDS + w, words)
-    tl.store(bits_ptr + r * (WORDS * 32) + c, unpack_rows(words, ROWS, WORDS))
+    tl.store(bits_ptr + r * (WORDS * 32) + c, unpack_rows_pm1(words, ROWS, WORDS * 32))
     tl.store(count_ptr + r * WORDS + w, popcount32(words, INTERPRET))
+
+
+@triton.jit
+def _nonnegative_kernel(x_ptr, out_ptr, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(out_ptr + offs, nonnegative(tl.load(x_ptr + offs)).to(tl.int8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8])
+def test_nonnegative_is_the_binarization_rule(dtype):
+    """The one sign test of every kernel: x >= 0 exactly, in every input dtype (the
+    interpreter's own bf16 comparison says True for every value)."""
+    device = "cpu" if interpreting() else "cuda"
+    if dtype == torch.int8:
+        x = torch.tensor([-128, -1, 0, 1, 127] * 13, dtype=dtype)[:64]
+    else:
+        info = torch.finfo(dtype)
+        special = [0.0, -0.0, info.tiny, -info.tiny, info.smallest_normal / 4, -info.smallest_normal / 4,
+                   info.max, -info.max, float("inf"), float("-inf"), float("nan"), -1.0, 1.0, -0.5]
+        rest = torch.randn(64 - len(special), generator=torch.Generator().manual_seed(3))
+        x = torch.cat([torch.tensor(special), rest]).to(dtype)
+    out = torch.full((64,), 7, dtype=torch.int8, device=device)
+    _nonnegative_kernel[(1,)](x.to(device), out, N=64)
+    assert torch.equal(out.cpu(), (x >= 0).to(torch.int8)), f"{dtype}: {x[out.cpu() != (x >= 0).to(torch.int8)]}"
 
 
 
@@ -39,7 +64,7 @@ def test_pack_unpack_popcount_interpreter():
     _roundtrip_kernel[(1,)](x, out_words, out_bits, out_count, ROWS=rows, WORDS=words, INTERPRET=interpreting())
     ref = pack_signs_reference(x)
     assert torch.equal(out_words, ref)
-    assert torch.equal(out_bits, (x >= 0).to(torch.int32))
+    assert torch.equal(out_bits, torch.where(x >= 0, 1, -1).to(torch.int32))
     assert torch.equal(out_count, (x >= 0).reshape(rows, words, 32).sum(-1).to(torch.int32))
     assert out_words[0, 0].item() == -1
 

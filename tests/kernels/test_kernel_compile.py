@@ -17,45 +17,41 @@ pytest.importorskip("triton")
 from bnnkit.kernels import binary_conv as conv  # noqa: E402
 from bnnkit.kernels import binary_gemm as gemm  # noqa: E402
 from bnnkit.kernels.compile_check import CompileRequest, compile_many  # noqa: E402
-from bnnkit.kernels.pack_signs import _pack_signs_kernel  # noqa: E402
+from bnnkit.kernels.kinds import InputKind, OutputKind  # noqa: E402
 
-A_TYPES = {0: "*i8", 1: "*fp16", 2: "*i32", 3: "*fp16"}
-# (OUT_MODE, HAS_RESIDUAL, SIGN_FROM_THRESHOLD): float out + residual, packed out from thresholds
-EPILOGUES = [(1, True, False), (3, False, True)]
+INT8, BINARIZE, PACKED, REAL = (k.code for k in (InputKind.INT8, InputKind.BINARIZE, InputKind.PACKED, InputKind.REAL))
+A_TYPES = {INT8: "*i8", BINARIZE: "*fp16", PACKED: "*i32", REAL: "*fp16"}
+# (OUT_KIND, HAS_RESIDUAL, SIGN_FROM_THRESHOLD): float out + residual, packed out from thresholds
+EPILOGUES = [(OutputKind.FLOAT.code, True, False), (OutputKind.PACKED.code, False, True)]
 TENSOR_CORE = {(90, False): "IGMMA", (90, True): "HGMMA", (80, False): "IMMA", (80, True): "HMMA"}
 
 
-def _gemm_request(cfg, arch, a_mode, w_packed, epilogue, use_desc, a_type=None):
-    out_mode, residual, threshold = epilogue
-    consts = dict(A_MODE=a_mode, W_PACKED=w_packed, OUT_MODE=out_mode, SIGN_FROM_THRESHOLD=threshold, RELU=True,
+def _gemm_request(cfg, arch, in_kind, w_packed, epilogue, use_desc, a_type=None):
+    out_kind, residual, threshold = epilogue
+    consts = dict(IN_KIND=in_kind, W_PACKED=w_packed, OUT_KIND=out_kind, SIGN_FROM_THRESHOLD=threshold, RELU=True,
                   HAS_RESIDUAL=residual, USE_DESC=use_desc, EVEN_K=False, INTERPRET=False, **cfg.kwargs)
-    sig = gemm.mma_signature(a_type or A_TYPES[a_mode], "*i32" if w_packed else "*i8",
-                             "*fp16" if out_mode == 1 else "*i32")
+    sig = gemm.mma_signature(a_type or A_TYPES[in_kind], "*i32" if w_packed else "*i8",
+                             "*fp16" if out_kind == OutputKind.FLOAT.code else "*i32")
     return CompileRequest(gemm._binary_gemm_mma_kernel, sig, consts, arch, cfg.num_warps, cfg.num_stages)
 
 
-def _conv_request(cfg, arch, a_mode, w_packed, epilogue, a_type=None):
-    out_mode, residual, threshold = epilogue
-    consts = dict(KH=3, KW=3, STRIDE=1, PAD=1, A_MODE=a_mode, W_PACKED=w_packed, OUT_MODE=out_mode,
+def _conv_request(cfg, arch, in_kind, w_packed, epilogue, a_type=None):
+    out_kind, residual, threshold = epilogue
+    consts = dict(KH=3, KW=3, STRIDE=1, PAD=1, IN_KIND=in_kind, W_PACKED=w_packed, OUT_KIND=out_kind,
                   SIGN_FROM_THRESHOLD=threshold, RELU=True, HAS_RESIDUAL=residual, EVEN_C=False, INTERPRET=False,
                   **cfg.kwargs)
-    sig = conv.conv_signature(a_type or A_TYPES[a_mode], "*i32" if w_packed else "*i8",
-                              "*fp16" if out_mode == 1 else "*i32")
+    sig = conv.conv_signature(a_type or A_TYPES[in_kind], "*i32" if w_packed else "*i8",
+                              "*fp16" if out_kind == OutputKind.FLOAT.code else "*i32")
     return CompileRequest(conv._binary_conv_kernel, sig, consts, arch, cfg.num_warps, cfg.num_stages)
 
 
-def _gemv_request(arch, bm):
-    cfg = gemm._prune_gemv(gemm.GEMV_CONFIGS, {}, BM=bm)[0]
-    consts = dict(OUT_MODE=1, SIGN_FROM_THRESHOLD=False, RELU=True, HAS_RESIDUAL=True, BM=bm, INTERPRET=False,
-                  **cfg.kwargs)
-    return CompileRequest(gemm._binary_gemv_popcount_kernel, gemm.gemv_signature("*fp16"), consts, arch,
-                          cfg.num_warps, cfg.num_stages)
-
-
-def _pack_request(arch):
-    sig = {"x_ptr": "*fp16", "out_ptr": "*i32", "R": "i32", "K": "i32", "stride_xr": "i32", "stride_or": "i32",
-           "BR": "constexpr", "BKW": "constexpr"}
-    return CompileRequest(_pack_signs_kernel, sig, {"BR": 16, "BKW": 8}, arch)
+def _gemv_request(arch, bm, in_kind=PACKED, a_type="*i32"):
+    """The first config the launcher keeps for ``bm`` rows, with a float epilogue and a residual."""
+    cfg = gemm._prune_gemv(gemm.GEMV_CONFIGS, {"BM": bm, "IN_KIND": in_kind})[0]
+    consts = dict(IN_KIND=in_kind, OUT_KIND=OutputKind.FLOAT.code, SIGN_FROM_THRESHOLD=False, RELU=True,
+                  HAS_RESIDUAL=True, BM=bm, INTERPRET=False, **cfg.kwargs)
+    return CompileRequest(gemm._binary_gemv_popcount_kernel, gemm.gemv_signature("*fp16", a_type=a_type), consts,
+                          arch, cfg.num_warps, cfg.num_stages)
 
 
 def _default_requests():
@@ -65,20 +61,24 @@ def _default_requests():
         lists = gemm.mma_config_lists(arch)
         for (real, desc), configs in lists.items():
             cfg = configs[0]
-            a_mode, a_type = (3, "*bf16" if arch == 80 else "*fp16") if real else (2 if desc else 1, None)
-            reqs.append((f"gemm real={real} desc={desc}", _gemm_request(cfg, arch, a_mode, True, EPILOGUES[0], desc,
+            in_kind, a_type = (REAL, "*bf16" if arch == 80 else "*fp16") if real else (PACKED if desc else BINARIZE,
+                                                                                       None)
+            reqs.append((f"gemm real={real} desc={desc}", _gemm_request(cfg, arch, in_kind, True, EPILOGUES[0], desc,
                                                                          a_type), TENSOR_CORE[(arch, real)]))
-        reqs.append(("gemm threshold", _gemm_request(lists[(False, arch >= 90)][0], arch, 0, True, EPILOGUES[1],
+        reqs.append(("gemm threshold", _gemm_request(lists[(False, arch >= 90)][0], arch, INT8, True, EPILOGUES[1],
                                                      arch >= 90), TENSOR_CORE[(arch, False)]))
-        for real, configs in conv.conv_config_lists(arch).items():
-            a_mode = 3 if real else 2
-            reqs.append((f"conv real={real}", _conv_request(configs[0], arch, a_mode, True, EPILOGUES[0]),
-                         TENSOR_CORE[(arch, real)]))
-        reqs.append(("conv threshold", _conv_request(conv.conv_config_lists(arch)[False][0], arch, 1, True,
-                                                     EPILOGUES[1]), TENSOR_CORE[(arch, False)]))
+        first = conv.CONV_CONFIGS[0]
+        reqs.append(("conv real=False", _conv_request(first, arch, PACKED, True, EPILOGUES[0]),
+                     TENSOR_CORE[(arch, False)]))
+        reqs.append(("conv real=True", _conv_request(first, arch, REAL, True, EPILOGUES[0]), TENSOR_CORE[(arch, True)]))
+        reqs.append(("conv threshold", _conv_request(first, arch, BINARIZE, True, EPILOGUES[1]),
+                     TENSOR_CORE[(arch, False)]))
+        reqs.append(("conv threshold bf16", _conv_request(first, arch, BINARIZE, True, EPILOGUES[1], "*bf16"),
+                     TENSOR_CORE[(arch, False)]))
         reqs.append(("gemv M=1", _gemv_request(arch, 1), "POPC"))
         reqs.append(("gemv M=16", _gemv_request(arch, 16), "POPC"))
-        reqs.append(("pack_signs", _pack_request(arch), None))
+        reqs.append(("gemv binarize fp16 M=1", _gemv_request(arch, 1, BINARIZE, "*fp16"), "POPC"))
+        reqs.append(("gemv binarize bf16 M=16", _gemv_request(arch, 16, BINARIZE, "*bf16"), "POPC"))
     return reqs
 
 
@@ -106,23 +106,30 @@ def _sweep_requests():
     reqs = []
     for arch in (80, 90):
         for (real, desc), configs in gemm.mma_config_lists(arch).items():
-            for cfg, a_mode, w_packed, ep in itertools.product(configs, (3,) if real else (0, 1, 2), (True, False),
-                                                               EPILOGUES):
+            for cfg, in_kind, w_packed, ep in itertools.product(configs, (REAL,) if real else (INT8, BINARIZE, PACKED),
+                                                                (True, False), EPILOGUES):
                 if real and ep[2]:
                     continue
-                if cfg not in gemm._prune_mma(configs, {"M": 1 << 20}, A_MODE=a_mode, W_PACKED=w_packed,
-                                              OUT_MODE=ep[0], HAS_RESIDUAL=ep[1]):
+                if cfg not in gemm._prune_mma(configs, {"M_BUCKET": 1 << 20, "OUT_KIND": ep[0],
+                                                        "HAS_RESIDUAL": ep[1]}):
                     continue  # the launcher never uses this config for this combination
-                reqs.append(_gemm_request(cfg, arch, a_mode, w_packed, ep, desc))
-        for real, configs in conv.conv_config_lists(arch).items():
-            for cfg, a_mode, w_packed, ep in itertools.product(configs, (3,) if real else (0, 1, 2), (True, False),
-                                                               EPILOGUES):
-                if real and ep[2]:
-                    continue
-                if cfg not in conv._prune(configs, {"M": 1 << 20, "C": 1 << 10}, A_MODE=a_mode, W_PACKED=w_packed,
-                                          OUT_MODE=ep[0], HAS_RESIDUAL=ep[1]):
-                    continue  # the launcher never uses this config for this combination
-                reqs.append(_conv_request(cfg, arch, a_mode, w_packed, ep))
+                reqs.append(_gemm_request(cfg, arch, in_kind, w_packed, ep, desc))
+        for cfg, in_kind, w_packed, ep in itertools.product(conv.CONV_CONFIGS, (INT8, BINARIZE, PACKED, REAL),
+                                                            (True, False), EPILOGUES):
+            if in_kind == REAL and ep[2]:
+                continue
+            if cfg not in conv._prune(conv.CONV_CONFIGS, {"M_BUCKET": 1 << 20, "C": 1 << 10, "IN_KIND": in_kind,
+                                                          "W_PACKED": w_packed, "OUT_KIND": ep[0],
+                                                          "HAS_RESIDUAL": ep[1]}):
+                continue  # the launcher never uses this config for this combination
+            reqs.append(_conv_request(cfg, arch, in_kind, w_packed, ep))
+        for bm, in_kind in itertools.product((1, 2, 4, 8, 16), (BINARIZE, PACKED)):
+            for cfg in gemm._prune_gemv(gemm.GEMV_CONFIGS, {"BM": bm, "IN_KIND": in_kind}):
+                consts = dict(IN_KIND=in_kind, OUT_KIND=EPILOGUES[0][0], SIGN_FROM_THRESHOLD=False, RELU=True,
+                              HAS_RESIDUAL=True, BM=bm, INTERPRET=False, **cfg.kwargs)
+                sig = gemm.gemv_signature("*fp16", a_type="*bf16" if in_kind == BINARIZE else "*i32")
+                reqs.append(CompileRequest(gemm._binary_gemv_popcount_kernel, sig, consts, arch, cfg.num_warps,
+                                           cfg.num_stages))
     return reqs
 
 
@@ -130,8 +137,8 @@ def _sweep_requests():
 def test_every_config_compiles_without_spills():
     requests = _sweep_requests()
     reports = compile_many(requests)
-    keys = ("A_MODE", "W_PACKED", "OUT_MODE", "HAS_RESIDUAL", "BM", "BN", "BK")
-    lines = [f"{ {k: q.constexprs[k] for k in keys} } stages={q.num_stages}: {r.summary()}"
+    keys = ("IN_KIND", "W_PACKED", "OUT_KIND", "HAS_RESIDUAL", "BM", "BN", "BK", "BKW")
+    lines = [f"{ {k: q.constexprs[k] for k in keys if k in q.constexprs} } stages={q.num_stages}: {r.summary()}"
              for q, r in zip(requests, reports)]
     for line in lines:
         print(line)
@@ -141,11 +148,14 @@ def test_every_config_compiles_without_spills():
 
 def test_launchers_never_pick_the_configs_that_spill():
     """What the sweep found spilling on sm_90 / sm_80 is pruned before launch (autotuned or not)."""
-    big_conv = {"M": 1 << 20, "C": 1 << 10}
-    heaviest = dict(A_MODE=2, W_PACKED=False, OUT_MODE=1, HAS_RESIDUAL=True)  # packed act., int8 weights
-    kept = conv._prune(conv.CONV_INT8_CONFIGS, big_conv, **heaviest)
+    heaviest = dict(M_BUCKET=1 << 20, C=1 << 10, IN_KIND=PACKED, W_PACKED=False, OUT_KIND=OutputKind.FLOAT.code,
+                    HAS_RESIDUAL=True)  # packed activations, int8 weights
+    kept = conv._prune(conv.CONV_CONFIGS, heaviest)
     assert [(c.kwargs["BM"], c.kwargs["BN"]) for c in kept] == [(64, 64)]
-    assert conv._prune(conv.CONV_INT8_CONFIGS, big_conv, **{**heaviest, "W_PACKED": True}) == conv.CONV_INT8_CONFIGS
+    assert conv._prune(conv.CONV_CONFIGS, {**heaviest, "W_PACKED": True}) == conv.CONV_CONFIGS
     for configs in gemm.MMA_CONFIGS_SM90.values():
-        kept = gemm._prune_mma(configs, {"M": 1 << 20}, OUT_MODE=1, HAS_RESIDUAL=True)
+        kept = gemm._prune_mma(configs, {"M_BUCKET": 1 << 20, "OUT_KIND": OutputKind.FLOAT.code, "HAS_RESIDUAL": True})
         assert kept and all(c.kwargs["BM"] * c.kwargs["BN"] <= 128 * 128 for c in kept)
+    for bm in (1, 2, 4, 8, 16):  # binarize-on-load tiles stay within their register budget
+        for cfg in gemm._prune_gemv(gemm.GEMV_CONFIGS, {"BM": bm, "IN_KIND": BINARIZE}):
+            assert bm * cfg.kwargs["BKW"] * 32 <= gemm.GEMV_BINARIZE_TILE

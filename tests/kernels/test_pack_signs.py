@@ -5,13 +5,13 @@ import torch
 
 pytest.importorskip("triton")
 from bnnkit.kernels.pack_signs import pack_signs, pack_signs_reference  # noqa: E402
-from kernel_testing import assert_equal, kernel_device, poisoned  # noqa: E402
+from kernel_testing import assert_equal, kernel_device, poisoned, sign_edge_values  # noqa: E402
 
 DEVICE = kernel_device()
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 31), (17, 32), (5, 300), (2, 3, 65)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8])
 def test_pack_signs_matches_reference(shape, dtype):
     g = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(shape, generator=g)
@@ -23,6 +23,19 @@ def test_pack_signs_matches_reference(shape, dtype):
     x = x.to(dtype).to(DEVICE)
     out = poisoned((*shape[:-1], (shape[-1] + 31) // 32), torch.int32, DEVICE)
     assert_equal(pack_signs(x, out=out).cpu(), pack_signs_reference(x.cpu()), f"pack {shape} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_pack_signs_edge_values_and_strided_views(dtype):
+    x = sign_edge_values((6, 100), dtype, seed=5)
+    for view in (x, x[:, 3:70], x.t().contiguous().t(), x[::2]):
+        assert_equal(pack_signs(view.to(DEVICE)).cpu(), pack_signs_reference(view), f"{dtype} {tuple(view.shape)}")
+
+
+def test_pack_signs_empty():
+    for shape in [(0, 40), (3, 0, 5)]:
+        got = pack_signs(torch.zeros(shape, device=DEVICE))
+        assert got.shape == (*shape[:-1], (shape[-1] + 31) // 32) and got.dtype == torch.int32
 
 
 def test_pack_signs_rejects_other_dtypes():

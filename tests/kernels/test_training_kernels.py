@@ -23,9 +23,10 @@ from bnnkit.kernels import binarize as binarize_mod  # noqa: E402
 from bnnkit.kernels import elementwise  # noqa: E402
 from bnnkit.kernels import sign_grad as sign_grad_mod  # noqa: E402
 from bnnkit.kernels import weight_binarize as weight_mod  # noqa: E402
-from bnnkit.kernels.binarize import binarize, binarize_reference, pack_signs  # noqa: E402
+from bnnkit.kernels.binarize import binarize, binarize_reference  # noqa: E402
 from bnnkit.kernels.bitpack import pack_signs_reference  # noqa: E402
 from bnnkit.kernels.bits import interpreting  # noqa: E402
+from bnnkit.kernels.pack_signs import pack_signs  # noqa: E402
 from bnnkit.kernels.sign_grad import RESTE_M, EstimatorKind, sign_grad, sign_grad_reference  # noqa: E402
 from bnnkit.kernels.weight_binarize import (  # noqa: E402
     scaled_binarize_backward,
@@ -33,6 +34,7 @@ from bnnkit.kernels.weight_binarize import (  # noqa: E402
     scaled_binarize_forward,
     scaled_binarize_forward_reference,
 )
+from kernel_testing import sign_edge_values  # noqa: E402
 
 DEVICE = "cpu" if interpreting() else "cuda"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -131,6 +133,16 @@ def test_binarize_pack_bits_exact(dtype, rows, k):
     assert torch.equal(pack_signs(x), pack_signs_reference(x))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_binarize_and_pack_subnormals_and_specials(dtype):
+    """Every sign exact, bf16 subnormals included (bnnkit.kernels.bits.nonnegative widens bf16
+    through its bits; the interpreter's own bf16 -> fp32 conversion flushes them to -0.0)."""
+    x = sign_edge_values((7, 45), dtype, seed=9).to(DEVICE)
+    values, words = binarize(x, pack=True)
+    assert torch.equal(values, binarize_reference(x)) and torch.equal(binarize(x), values)
+    assert torch.equal(words, pack_signs_reference(x))
+
+
 def test_pack_edge_values_batched_and_strided():
     x = _edge_values(torch.float32)
     x = torch.stack([x, -x, x.flip(0)])  # [3, K]: NaN in every row
@@ -155,7 +167,7 @@ def test_binarize_empty_and_scalar():
 def test_binarize_rejects_unsupported_dtype():
     with pytest.raises(TypeError, match="float16, torch.bfloat16 and torch.float32"):
         binarize(torch.zeros(3, dtype=torch.float64, device=DEVICE))
-    with pytest.raises(TypeError, match="float16, torch.bfloat16 and torch.float32"):
+    with pytest.raises(TypeError, match="float32/float16/bfloat16/int8"):
         pack_signs(torch.zeros(3, dtype=torch.int32, device=DEVICE))
 
 
@@ -232,7 +244,7 @@ def test_sign_grad_bad_arguments():
     x = torch.zeros(4, device=DEVICE)
     with pytest.raises(ValueError, match="shape"):
         sign_grad(x, torch.zeros(5, device=DEVICE), EstimatorKind.RESTE)
-    with pytest.raises(ValueError, match=r"expected one of 0 \(STE\)"):
+    with pytest.raises(ValueError, match=r"unknown estimator kind 7; expected one of ste, clipped_ste"):
         sign_grad(x, x, 7)
     with pytest.raises(ValueError, match="o must be a finite number > 0"):
         sign_grad(x, x, EstimatorKind.RESTE, o=0.0)

@@ -49,7 +49,7 @@ def _sign_grad(dtype, kind, index_64):
     sig = {"x_ptr": f"*{dtype}", "grad_out_ptr": f"*{dtype}", "grad_in_ptr": f"*{dtype}",
            "n": "i64" if index_64 else "i32", **ESTIMATOR_CONSTS,
            "KIND": "constexpr", "BLOCK": "constexpr", "INDEX_64": "constexpr", "INTERPRET": "constexpr"}
-    consts = {"KIND": int(kind), "BLOCK": SIGN_GRAD_BLOCK, "INDEX_64": index_64, "INTERPRET": False}
+    consts = {"KIND": kind.code, "BLOCK": SIGN_GRAD_BLOCK, "INDEX_64": index_64, "INTERPRET": False}
     return _sign_grad_kernel, sig, consts, SIGN_GRAD_WARPS
 
 
@@ -73,7 +73,7 @@ def _weight_backward(dtype, fused, index_64=False):
            "grad_w_ptr": f"*{dtype}", "k": "i64" if index_64 else "i32", "chunk": "i32", "splits": "i32",
            **ESTIMATOR_CONSTS, "KIND": "constexpr", "FUSED": "constexpr", "SPLITS_BLOCK": "constexpr",
            "BLOCK": "constexpr", "INDEX_64": "constexpr", "INTERPRET": "constexpr"}
-    consts = {"KIND": int(EstimatorKind.RESTE), "FUSED": fused, "SPLITS_BLOCK": 4096, "BLOCK": GROUP_BLOCK,
+    consts = {"KIND": EstimatorKind.RESTE.code, "FUSED": fused, "SPLITS_BLOCK": 4096, "BLOCK": GROUP_BLOCK,
               "INDEX_64": index_64, "INTERPRET": False}
     return _scaled_binarize_backward_kernel, sig, consts, WEIGHT_WARPS
 
@@ -83,6 +83,7 @@ CONFIGS = {
     "binarize bf16 int64": _binarize("bf16", True),
     "binarize+pack fp16": _pack("fp16", 8, True),
     "pack bf16 1 word": _pack("bf16", 1, False),
+    "pack int8 8 words": _pack("i8", 8, False),
     **{f"sign_grad {kind.name} fp32": _sign_grad("fp32", kind, False) for kind in EstimatorKind},
     "sign_grad RESTE bf16": _sign_grad("bf16", EstimatorKind.RESTE, False),
     "sign_grad RESTE fp16 int64": _sign_grad("fp16", EstimatorKind.RESTE, True),

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from bnnkit.kernels.bitpack import unpack_signs_reference
-from bnnkit.kernels.weight_pack import aligned_words, expand_weight_int8, pack_conv_weight, pack_linear_weight, \
-    unpack_conv_weight, unpack_linear_weight
+from bnnkit.kernels.weight_pack import aligned_words, expand_weight_int8, pack_conv_weight, pack_linear_weight
 
 
 def test_conv_layout_is_ohwi_packed_along_input_channels():
@@ -16,7 +15,7 @@ def test_conv_layout_is_ohwi_packed_along_input_channels():
     # tap (kh=1, kw=2) of output channel 0: 37 channels of +1 (bit 1), 27 zero padding bits
     assert words[0, 1, 2].tolist() == [-1, 0b11111]
     assert torch.equal(unpack_signs_reference(words[3, 2, 0], 37), torch.where(w[3, :, 2, 0] >= 0, 1.0, -1.0))
-    assert torch.equal(unpack_conv_weight(words, 37), torch.where(w >= 0, 1.0, -1.0))
+    assert torch.equal(unpack_signs_reference(words, 37).permute(0, 3, 1, 2), torch.where(w >= 0, 1.0, -1.0))
 
 
 def test_linear_roundtrip_and_int8_expansion():
@@ -24,7 +23,7 @@ def test_linear_roundtrip_and_int8_expansion():
     words = pack_linear_weight(w)
     assert words.shape == (7, 3)
     signs = torch.where(w >= 0, 1.0, -1.0)
-    assert torch.equal(unpack_linear_weight(words, 70), signs)
+    assert torch.equal(unpack_signs_reference(words, 70), signs)
     assert torch.equal(expand_weight_int8(words, 70), signs.to(torch.int8))
 
 
