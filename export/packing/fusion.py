@@ -18,7 +18,7 @@ binarization, fused). Everything else runs as the trained model runs it.
 
 Refused with :class:`PackError`, naming the module: a binary layer the kernels cannot run
 (groups, dilation, different strides or paddings along H and W, an unreadable padding
-string, a non-float weight, an estimator whose forward is not ``x >= 0 -> +1``), a binary
+string, a non-float weight, a reduction length above the kernels' 2**24, an estimator whose forward is not ``x >= 0 -> +1``), a binary
 layer called with several inputs, a ``BinaryLayer`` subclass that overrides the forward,
 bnnkit functions called outside a binary layer, an already packed model, a model fx cannot
 trace. Any other failure inside ``pack`` is reported as a :class:`PackError` naming the
@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from bnnkit.kernels.binary_conv import MAX_K as MAX_CONV_K
+from bnnkit.kernels.binary_gemm import MAX_K as MAX_GEMM_K
 from bnnkit.kernels.epilogue import Epilogue, sign_thresholds
 from bnnkit.nn.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 
@@ -47,6 +49,7 @@ from ..runtime.model import PackedModel
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 _ADD_FUNCTIONS = (operator.add, torch.add)
+MAX_REDUCTION = min(MAX_CONV_K, MAX_GEMM_K)
 _NOOP_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 # the methods whose behaviour a packed layer reproduces; a subclass overriding one is refused
 _BINARY_METHODS = ("forward", "quantized_input", "quantized_weight", "_conv_forward")
@@ -133,6 +136,9 @@ def _check_supported(layer: nn.Module, name: str) -> tuple[int, int]:
     check_binary_forward(layer, name)
     if not layer.weight.is_floating_point():
         raise PackError(f"{name}: weight dtype {layer.weight.dtype} is not a float dtype")
+    reduction = layer.weight[0].numel()
+    if reduction > MAX_REDUCTION:
+        raise PackError(f"{name}: reduction length {reduction} (inputs per output) exceeds the kernels' {MAX_REDUCTION}")
     if isinstance(layer, BinaryLinear):
         return 0, 0
     if layer.groups != 1:
@@ -437,6 +443,9 @@ def _pack(model: nn.Module, *, architecture, input_shape, fold: bool) -> PackedM
     except Exception as e:  # fx raises many types; name the model and the reason
         raise PackError(f"{type(model).__name__} cannot be traced by torch.fx for packing: {e}") from e
     gm = fx.GraphModule(source, graph, class_name=type(model).__name__)
+    for name, module in gm.named_modules():  # refuse by name before anything runs
+        if isinstance(module, BinaryLayer):
+            _check_supported(module, name)
     shapes = propagate_shapes(gm, tuple(input_shape)) if input_shape is not None else None
     compiler = _Compiler(gm, shapes)
     with _reporting(None, compiler.modules, "collecting the binary layers"):

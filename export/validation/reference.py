@@ -4,7 +4,10 @@ Every runtime computes in float32 in its own order. Where a binary layer's input
 float32 rounding of zero, a runtime may binarize it the other way than the trained model
 and change the output by a lot: a flip at a near-tie, which says nothing about the export.
 The float64 evaluation is far from such ties (the packed sign thresholds are derived in
-float64 too), so validation compares with it, and:
+float64 too), so validation compares with it. Its binary layers compute ``alpha *
+conv(binarize(x), binarize(w)) + bias`` (the trained forward with alpha taken out of the
+sum): the sum of ±1 terms is an exact integer, as in the packed kernels, so an accumulator
+that cancels is exactly 0 and not a rounding residue. Then:
 
 - a *near-tie* of a sample is a binarization input (the input of a binary layer that
   binarizes it) that is not 0 and whose magnitude is at most :data:`NEAR_TIE_MARGIN` times
@@ -20,12 +23,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from bnnkit.nn.layers import BinaryLayer
+from bnnkit.kernels.binarize import binarize_reference
+from bnnkit.kernels.weight_binarize import weight_scale_reference
+from bnnkit.nn.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 
 #: a binarization input within this fraction of its layer input's largest |value| is a near-tie
 NEAR_TIE_MARGIN = 1e-5
@@ -60,6 +67,33 @@ class TieFlip:
     def describe(self) -> str:
         ties = ", ".join(f"{t.layer} input {t.index} (margin {t.margin:.2g})" for t in self.ties)
         return f"sample {self.sample} (relative difference {self.rel_diff:.3g}) flips at {ties}"
+
+
+def _exact_binary_forward(layer: BinaryConv2d | BinaryLinear, x: torch.Tensor) -> torch.Tensor:
+    """``alpha * op(binarize(x), binarize(w)) + bias``: the layer's forward with the weight
+    scale applied after the (exact, for binary inputs) sum."""
+    xb = layer.quantized_input(x)
+    wb = binarize_reference(layer.weight)
+    alpha = weight_scale_reference(layer.weight, layer.scale)
+    if isinstance(layer, BinaryConv2d):
+        y = layer._conv_forward(xb, wb, None)
+        shape = (1, -1, 1, 1)
+    else:
+        y = F.linear(xb, wb)
+        shape = (-1,)
+    if alpha is not None:
+        y = y * alpha.reshape(shape if alpha.dim() else ())
+    if layer.bias is not None:
+        y = y + layer.bias.reshape(shape)
+    return y
+
+
+def _exact_binary_layers(model: nn.Module) -> None:
+    """Give the plain BinaryConv2d / BinaryLinear layers of ``model`` the exact-sum forward."""
+    for m in model.modules():
+        if type(m).forward in (BinaryConv2d.forward, BinaryLinear.forward) and \
+                type(m).quantized_weight is BinaryLayer.quantized_weight:
+            m.forward = functools.partial(_exact_binary_forward, m)
 
 
 class _TieHooks:
@@ -126,7 +160,8 @@ class Float64Reference:
     def __init__(self, model: nn.Module, margin: float = NEAR_TIE_MARGIN) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = copy.deepcopy(model).to(self.device, torch.float64).eval()
-        self.detail = "PyTorch eager, eval mode, float64"
+        _exact_binary_layers(self.model)
+        self.detail = "PyTorch eager, eval mode, float64, binary layers as alpha * (exact sum of ±1)"
         self.margin = margin
         self._hooks = _TieHooks(self.model, margin)
         self.ties: list[list[NearTie]] = []
