@@ -76,7 +76,7 @@ def fold_epilogue(layer: nn.Module, bn_before: tuple[nn.Module, str] | None,
     by ``bn_before`` (before the ReLU, if any) and ``bn_after`` (after it)."""
     scale = weight_alpha(layer)
     c = scale.shape[0]
-    bias = layer.bias.detach().double() if getattr(layer, "bias", None) is not None else torch.zeros(c, dtype=torch.float64)
+    bias = layer.bias.detach().double() if layer.bias is not None else torch.zeros(c, dtype=torch.float64)
     post_scale = torch.ones(c, dtype=torch.float64)
     post_bias = torch.zeros(c, dtype=torch.float64)
     if bn_before is not None:
