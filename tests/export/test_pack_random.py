@@ -32,6 +32,21 @@ REFUSAL_SEEDS = range(2000, 2000 + (SWEEP or 6))
 RTOL = 1e-5
 
 
+def run(packed, x: torch.Tensor, backend: str) -> torch.Tensor:
+    """The packed model's output on CPU: the Triton backend on CUDA when there is one (true
+    float32 in the float layers: no TF32), else under the interpreter."""
+    if backend == "triton" and torch.cuda.is_available():
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            with torch.no_grad(), use_backend(backend), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+                return packed.cuda()(x.cuda()).cpu()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+    with torch.no_grad(), use_backend(backend):
+        return packed(x)
+
+
 def check_packed(seed: int, backend: str, tmp_path=None) -> None:
     rm = random_model(seed)
     what = f"seed {seed}: {' | '.join(rm.description)}"
@@ -39,8 +54,7 @@ def check_packed(seed: int, backend: str, tmp_path=None) -> None:
     x = random_input(rm.input_shape, 3, seed)
     reference = Float64Reference(rm.model)
     want = reference.run(x)
-    with torch.no_grad(), use_backend(backend):
-        got = packed(x)
+    got = run(packed, x, backend)
     result = compare_outputs(want, got, RTOL, explain=reference.explain)
     assert result.ok, (f"{what}: sample {result.first_disagreement} differs from the float64 model "
                        f"(rel. diff {result.rel_diff:.3g}); near-ties of that sample: "
@@ -48,8 +62,7 @@ def check_packed(seed: int, backend: str, tmp_path=None) -> None:
     if tmp_path is not None:
         packed.input_shape = rm.input_shape  # recorded in the manifest (pack without it proved shapes from the graph)
         packed.save(tmp_path / "packed")
-        with torch.no_grad(), use_backend(backend):
-            again = load(tmp_path / "packed")(x)
+        again = run(load(tmp_path / "packed"), x, backend)
         assert torch.equal(again, got), f"{what}: outputs differ after save/load"
 
 
@@ -58,9 +71,9 @@ def test_random_model_packs_exactly_torch_backend(seed, tmp_path):
     check_packed(seed, "torch", tmp_path)
 
 
-@pytest.mark.skipif(not interpreting(), reason="the CUDA run of this check is test_pack.py's GPU test")
+@pytest.mark.skipif(not (interpreting() or torch.cuda.is_available()), reason="needs CUDA or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("seed", TRITON_SEEDS)
-def test_random_model_packs_exactly_triton_interpreter(seed):
+def test_random_model_packs_exactly_triton(seed):
     check_packed(seed, "triton")
 
 
