@@ -3,8 +3,7 @@
 ``bnnkit bench`` and ``python -m benchmarks`` are this module's :func:`main`. A run:
 
 1. imports every suite module (:data:`SUITE_MODULES`, plus any other module in the
-   package); a suite whose module is absent is reported as skipped, one that fails to
-   import as failed;
+   package); a suite whose module fails to import is reported as failed, with the error;
 2. measures the ceilings (suite ``ceilings``) unless they are given;
 3. runs each selected case on the device: a case for other devices only, or one left
    when the suite's time budget is spent, is skipped with the reason; a case that raises
@@ -30,7 +29,6 @@ import argparse
 import dataclasses
 import fnmatch
 import importlib
-import importlib.util
 import math
 import os
 import pkgutil
@@ -125,15 +123,14 @@ class BenchRun:
 @dataclasses.dataclass(frozen=True)
 class ModuleStatus:
     module: str
-    status: str  # "loaded", "missing", "failed"
+    status: str  # "loaded" or "failed"
     error: str = ""
 
 
 def load_suite_modules() -> dict[str, ModuleStatus]:
     """Import every suite module: the known ones (:data:`SUITE_MODULES`) and any other in the package.
 
-    Never raises for a suite: a module that is not there is ``missing``; one whose import
-    raises is ``failed`` with the error.
+    Never raises for a suite: a module whose import raises is ``failed`` with the error.
     """
     package = importlib.import_module(PACKAGE)
     names = list(SUITE_MODULES.values())
@@ -142,9 +139,6 @@ def load_suite_modules() -> dict[str, ModuleStatus]:
     statuses = {}
     for name in names:
         full = f"{PACKAGE}.{name}"
-        if importlib.util.find_spec(full) is None:
-            statuses[name] = ModuleStatus(name, "missing", f"module {full} (benchmarks/{name}.py) is not present")
-            continue
         try:
             importlib.import_module(full)
         except Exception as e:  # a broken suite must not stop the others
@@ -282,7 +276,7 @@ def run_benchmarks(suites: Iterable[str] | None = None, device: torch.device | s
         run.suites.append(report)
         module = modules.get(SUITE_MODULES.get(suite, ""))
         if module is not None and module.status != "loaded":
-            report.status = "skipped" if module.status == "missing" else "failed"
+            report.status = "failed"
             report.reason = module.error
             if on_case:
                 on_case(run)

@@ -358,7 +358,8 @@ def verify_listed_file(directory: str, rel: str, manifest_file: str = "manifest.
         manifest.get("files") if isinstance(manifest, dict) else None, f"{where}: files")
     if rel not in files:
         raise ArtifactError(f"{where}: the file {rel!r} is not listed under files; refused (an export lists every "
-                            "file it wrote)")
+                            "file it wrote; add a file of your own when saving: "
+                            f"packed.save(DIR, extra_files={{{rel!r}: PATH}}))")
     verify_files(directory, {rel: files[rel]}, where)
     return os.path.join(directory, *rel.split("/"))
 

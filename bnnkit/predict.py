@@ -274,13 +274,15 @@ def _check_export_dir(export_dir: str) -> None:
 
 
 def _load_runtime(export_dir: str, runtime: str):
-    from bnnkit.export.validation.runtimes import RUNTIMES, RuntimeUnavailable
+    from bnnkit.export.validation.runtimes import RUNTIMES, RuntimeUnavailable, TorchModuleRuntime, load_trained_model
 
+    loaders = {**RUNTIMES, "trained": lambda d: TorchModuleRuntime("trained", load_trained_model(d),
+                                                                   "PyTorch eager, eval mode")}
     names = ["onnxruntime-cuda", "onnxruntime-cpu"] if runtime == "onnxruntime" else [runtime]
     reasons = []
     for name in names:
         try:
-            return RUNTIMES[name](export_dir)
+            return loaders[name](export_dir)
         except RuntimeUnavailable as e:
             reasons.append(str(e))
     hint = " (export with --onnx)" if runtime.startswith("onnxruntime") else ""

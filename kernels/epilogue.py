@@ -22,9 +22,10 @@ its buffers to the kernel as they are.
 For a consumer that only needs the sign, :func:`sign_thresholds` turns an epilogue into the
 per-channel integer form ``bit = lo[c] <= acc <= hi[c]``: ``y(acc)`` is monotone in ``acc``
 for fixed parameters (non-increasing where the folded scale is negative, constant where it is
-zero), so ``{acc : y >= 0}`` is one interval of integers. The bounds are found by evaluating
-the float32 reference epilogue on every reachable accumulator value, so the integer form
-agrees bit for bit with :func:`epilogue_reference` followed by ``y >= 0``.
+zero), so ``{acc : y >= 0}`` is one interval of integers. The bounds are found by bisection
+on the epilogue evaluated in the parameters' precision: with float32 parameters the integer
+form agrees bit for bit with :func:`epilogue_reference` followed by ``y >= 0``; with float64
+parameters (``pack``) with the same formula in float64.
 """
 
 from __future__ import annotations
@@ -189,27 +190,56 @@ def threshold_sign_reference(acc: torch.Tensor, threshold: SignThreshold) -> tor
 
 
 def sign_thresholds(epilogue: Epilogue, channels: int, k: int) -> SignThreshold:
-    """The interval form of ``epilogue_reference(acc, epilogue) >= 0`` for integer ``|acc| <= k``.
+    """The interval form of ``y(acc) >= 0`` for integer ``|acc| <= k`` (``k``: the reduction
+    length), with ``y = post_scale * act(acc * scale + bias) + post_bias`` evaluated in the
+    precision of the parameters: float64 when any of them is float64 (what ``pack`` passes,
+    so the bits are the signs of the trained model evaluated in float64), else float32,
+    exactly as :func:`epilogue_reference`.
 
-    ``k`` bounds the accumulator (the reduction length). Outside ``[-k, k]`` the interval is
-    extended by monotonicity. Raises if a parameter is not finite.
+    Each step of ``y`` (a product, a sum, ReLU, one rounding each) is monotone in ``acc``, so
+    ``{acc : y >= 0}`` is ``[t, k]``, ``[-k, t]``, empty or everything; ``t`` is found per
+    channel by bisection over the integers. Outside ``[-k, k]`` the interval is extended by
+    monotonicity (``INT32_MIN`` / ``INT32_MAX`` bounds). Raises if a parameter is not finite.
     """
-    p = epilogue.params(channels, "cpu")
+    if k < 0:
+        raise ValueError(f"the reduction length k must be >= 0, got {k}")
+    fields = {name: getattr(epilogue, name) for name in ("scale", "bias", "post_scale", "post_bias")}
+    dtype = torch.float64 if any(v is not None and v.dtype == torch.float64 for v in fields.values()) \
+        else torch.float32
+    p = epilogue.params(channels, "cpu").to(dtype)
+    for row, name in enumerate(fields):  # float64 rows as given, not through params()' float32
+        if fields[name] is not None and fields[name].dtype == torch.float64:
+            p[row] = fields[name].detach().cpu()
     if not torch.isfinite(p).all():
         raise ValueError("epilogue parameters must be finite to fold into sign thresholds")
-    acc = torch.arange(-k, k + 1, dtype=torch.int32)[:, None].expand(-1, channels)
-    positive = epilogue_reference(acc, epilogue) >= 0  # (2k+1, C)
-    count = positive.sum(0)
-    idx = torch.arange(-k, k + 1, dtype=torch.int64)[:, None]
-    lo = torch.where(positive, idx, k + 1).min(0).values
-    hi = torch.where(positive, idx, -k - 1).max(0).values
-    if not bool(((count == 0) | (hi - lo + 1 == count)).all()):
-        raise AssertionError("epilogue sign is not monotone in the accumulator")  # cannot happen for finite params
-    lo = torch.where(lo == -k, INT32_MIN, lo)
-    hi = torch.where(hi == k, INT32_MAX, hi)
-    lo = torch.where(count == 0, INT32_MAX, lo)
-    hi = torch.where(count == 0, INT32_MIN, hi)
-    return SignThreshold(lo.to(torch.int32), hi.to(torch.int32))
+
+    def positive(acc: torch.Tensor) -> torch.Tensor:  # acc: int64 (C,) -> bool (C,)
+        y = acc.to(dtype) * p[0] + p[1]
+        if epilogue.relu:
+            y = torch.relu(y)
+        return y * p[2] + p[3] >= 0
+
+    low = torch.full((channels,), -k, dtype=torch.int64)
+    high = torch.full((channels,), k, dtype=torch.int64)
+    at_low, at_high = positive(low), positive(high)
+    increasing = ~at_low & at_high  # the interval is [t, k]: t = the smallest positive acc
+    decreasing = at_low & ~at_high  # [-k, t]: t = the largest positive acc
+    # bisection invariant: increasing: y(lo) < 0 <= y(hi); decreasing: y(lo) >= 0 > y(hi)
+    lo, hi = low.clone(), high.clone()
+    while bool(((hi - lo) > 1).any()):
+        mid = (lo + hi) // 2
+        pos = positive(mid)
+        move_hi = torch.where(increasing, pos, ~pos)
+        lo = torch.where(move_hi, lo, mid)
+        hi = torch.where(move_hi, mid, hi)
+    # the open end of the interval extends beyond [-k, k] (monotonicity)
+    t_lo = torch.where(increasing, hi, torch.full_like(hi, INT32_MIN))
+    t_hi = torch.where(decreasing, lo, torch.full_like(lo, INT32_MAX))
+    always = at_low & at_high
+    never = ~at_low & ~at_high
+    t_lo = torch.where(always, INT32_MIN, torch.where(never, INT32_MAX, t_lo))
+    t_hi = torch.where(always, INT32_MAX, torch.where(never, INT32_MIN, t_hi))
+    return SignThreshold(t_lo.to(torch.int32), t_hi.to(torch.int32))
 
 
 def finish_reference(

@@ -50,12 +50,27 @@ def model_info(name: str) -> ModelInfo:
 
 def create(name: str, **kwargs) -> nn.Module:
     """Build zoo model ``name``; ``kwargs`` go to its constructor (e.g. ``num_classes``,
-    ``a32=True`` for real-valued activations, ``estimator``, ``scale``)."""
+    ``a32=True`` for real-valued activations, ``estimator``, ``scale``).
+
+    The model remembers how it was built: ``model.zoo_architecture`` is ``{"name": name,
+    "kwargs": kwargs}`` (see :func:`zoo_architecture`), so ``bnnkit.export.pack(model)`` can
+    record the zoo model and its input shape without being told."""
     info = model_info(name)
     try:
-        return info.builder(**kwargs)
+        model = info.builder(**kwargs)
     except TypeError as e:
         import inspect
 
         accepted = ", ".join(p for p in inspect.signature(info.builder).parameters if p not in ("args", "kwargs"))
         raise ValueError(f"bad arguments for model {name!r}: {e}; it accepts: {accepted}") from None
+    model.zoo_architecture = {"name": name, "kwargs": dict(kwargs)}
+    return model
+
+
+def zoo_architecture(model: nn.Module) -> dict | None:
+    """``{"name", "kwargs"}`` that :func:`create` recorded on ``model`` (a copy), or ``None`` for
+    a model not built by it."""
+    arch = getattr(model, "zoo_architecture", None)
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or arch["name"] not in _MODELS:
+        return None
+    return {"name": arch["name"], "kwargs": dict(arch.get("kwargs") or {})}

@@ -8,6 +8,7 @@ every file). ``load`` checks it all before it allocates a tensor and never runs 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import torch
@@ -78,15 +79,30 @@ class PackedModel(nn.Module):
             raise RuntimeError("a PackedModel is for inference only (its BatchNorms are folded); keep it in eval mode")
         return super().train(False)
 
-    def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
+    def save(self, directory: str | os.PathLike, *, overwrite: bool = False,
+             extra_files: dict[str, str | os.PathLike] | None = None) -> None:
         """Write the artifact directory ``directory``: ``model.safetensors`` + ``manifest.json``.
 
         ``directory`` may be absent or an empty directory; a non-empty one is replaced only with
         ``overwrite=True``. It is written under a temporary name and renamed into place, so a
-        crash leaves the previous state or the new one. Raises ``ValueError`` naming a module,
+        crash leaves the previous state or the new one. ``extra_files`` (name in the directory ->
+        file to copy, e.g. ``{"model.onnx": path}`` from :func:`~bnnkit.export.to_onnx`) are
+        copied in and listed in the manifest with their SHA-256, which is what readers such as
+        ``bnnkit validate`` check before opening them. Raises ``ValueError`` naming a module,
         function or value of the graph that the format cannot hold."""
+        from bnnkit import schema
+
+        names = {schema.relative_path(name, "extra_files key"): os.fspath(src)
+                 for name, src in (extra_files or {}).items()}
+        for name, src in names.items():
+            if name in ("manifest.json", "model.safetensors") or not os.path.isfile(src):
+                raise ValueError(f"extra_files[{name!r}]: {src!r} must be an existing file, saved under a name other "
+                                 "than manifest.json and model.safetensors")
         with staged_directory(os.fspath(directory), overwrite=overwrite) as staging:
             os.mkdir(staging)
+            for name, src in names.items():
+                os.makedirs(os.path.dirname(os.path.join(staging, name)), exist_ok=True)
+                shutil.copyfile(src, os.path.join(staging, name))
             self.write_files(staging)
 
     def write_files(self, directory: str) -> dict[str, Any]:

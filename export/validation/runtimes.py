@@ -1,10 +1,10 @@
 """The runtimes ``bnnkit validate`` compares, one small adapter each.
 
-An export directory (see ``bnnkit export``) holds ``trained/`` (the run's best model),
-``manifest.json`` + ``model.safetensors`` (the packed model) and ``model.onnx``. A runtime
-adapter loads one of them and maps a float32 CPU batch ``(N, ...)`` to float32 CPU outputs;
-its time includes any host/device copies. Adding a runtime is adding a class and an entry
-in :data:`RUNTIMES`.
+An export directory (see ``bnnkit export``) holds ``trained/`` (the run's best model, the
+reference: :func:`load_trained_model`), ``manifest.json`` + ``model.safetensors`` (the packed
+model) and ``model.onnx``. A runtime adapter loads one of them and maps a float32 CPU batch
+``(N, ...)`` to float32 CPU outputs; its time includes any host/device copies. Adding a
+runtime is adding a class and an entry in :data:`RUNTIMES`.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ class TorchModuleRuntime:
             return self.module(x.to(self.device)).float().cpu()
 
 
-def load_trained(artifact_dir: str) -> TorchModuleRuntime:
-    """The trained model (eval mode) from ``ARTIFACT_DIR/trained``: the reference."""
+def load_trained_model(artifact_dir: str) -> torch.nn.Module:
+    """The trained model from ``ARTIFACT_DIR/trained`` (what ``bnnkit export`` copies there)."""
     from bnnkit.train import load_run
 
     run_dir = os.path.join(artifact_dir, TRAINED_DIR)
@@ -66,7 +66,7 @@ def load_trained(artifact_dir: str) -> TorchModuleRuntime:
     for name in RUN_FILES:
         verify_listed_file(artifact_dir, f"{TRAINED_DIR}/{name}")
     model, _ = load_run(run_dir)
-    return TorchModuleRuntime("trained", model, "PyTorch eager, eval mode")
+    return model
 
 
 def load_packed(artifact_dir: str) -> TorchModuleRuntime:
@@ -130,10 +130,9 @@ def load_onnx_cuda(artifact_dir: str) -> OnnxRuntimeSession:
     return OnnxRuntimeSession("onnxruntime-cuda", os.path.join(artifact_dir, ONNX_FILE), "CUDAExecutionProvider")
 
 
-#: name -> loader(artifact_dir) -> runtime with ``name``, ``device``, ``detail``, ``run(x)``.
-#: "trained" is the reference the others are compared with.
+#: name -> loader(artifact_dir) -> runtime with ``name``, ``device``, ``detail``, ``run(x)``: the
+#: runtimes compared with the reference, :data:`REFERENCE` (the trained model in float64).
 RUNTIMES: dict[str, Callable[[str], object]] = {
-    "trained": load_trained,
     "packed": load_packed,
     "onnxruntime-cpu": load_onnx_cpu,
     "onnxruntime-cuda": load_onnx_cuda,

@@ -111,7 +111,7 @@ def test_ceilings_are_measured_first_when_not_given(fake_suite):
 
 @pytest.fixture
 def suite_package(tmp_path, monkeypatch):
-    """A stand-in suite package: one suite module that registers, one whose import fails, one absent."""
+    """A stand-in suite package: one suite module that registers, two whose import fails."""
     pkg = tmp_path / "stand_in_benchmarks"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
@@ -125,7 +125,7 @@ def suite_package(tmp_path, monkeypatch):
     (pkg / "extra_broken.py").write_text("raise RuntimeError('half-written module')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(runner, "PACKAGE", "stand_in_benchmarks")
-    monkeypatch.setattr(runner, "SUITE_MODULES", {"fine": "fine", "broken": "broken", "ghost": "ghost_suite"})
+    monkeypatch.setattr(runner, "SUITE_MODULES", {"fine": "fine", "broken": "broken"})
     before = list(REGISTRY)
     REGISTRY.clear()  # cases other test modules registered are not part of the stand-in package
     yield
@@ -135,26 +135,24 @@ def suite_package(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-def test_missing_and_broken_suite_modules_are_reported(suite_package):
+def test_broken_suite_modules_are_reported(suite_package):
     statuses = runner.load_suite_modules()
     assert {name: s.status for name, s in statuses.items()} == {
-        "fine": "loaded", "broken": "failed", "ghost_suite": "missing", "extra_broken": "failed"}
+        "fine": "loaded", "broken": "failed", "extra_broken": "failed"}
     assert "RuntimeError: half-written module" in statuses["extra_broken"].error
 
-    run = runner.run_benchmarks(["fine", "broken", "ghost"], CPU, ceilings=ROOFS, log=lambda m: None)
-    fine, broken, ghost = run.suites
+    run = runner.run_benchmarks(["fine", "broken"], CPU, ceilings=ROOFS, log=lambda m: None)
+    fine, broken = run.suites
     assert fine.status == "ok" and len(run.rows) == 1
     assert broken.status == "failed"
     assert "importing stand_in_benchmarks.broken failed: ModuleNotFoundError" in broken.reason
     assert "bnnkit.kernels.no_such_kernel" in broken.reason
-    assert ghost.status == "skipped"
-    assert ghost.reason == "module stand_in_benchmarks.ghost_suite (benchmarks/ghost_suite.py) is not present"
 
 
 def test_running_everything_reports_broken_modules_outside_the_known_suites(suite_package):
     run = runner.run_benchmarks(None, CPU, quick=True, ceilings=ROOFS, log=lambda m: None)
     assert [(s.suite, s.status) for s in run.suites] == [
-        ("module extra_broken", "failed"), ("fine", "ok"), ("broken", "failed"), ("ghost", "skipped")]
+        ("module extra_broken", "failed"), ("fine", "ok"), ("broken", "failed")]
 
 
 def test_rows_that_cannot_be_recorded_are_errors():

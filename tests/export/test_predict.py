@@ -175,17 +175,3 @@ def test_the_demo_ends_by_predicting_held_out_digits_from_png_files(digits_artif
     assert [p.input for p in predictions] == [str(tmp_path / "digits" / f"test-{i:03d}-label-{labels[i]}.png")
                                               for i in range(8)]
     assert sum(p.classes[0] == y for p, y in zip(predictions, labels)) >= 6  # a briefly trained model
-
-
-def test_the_readme_python_example_runs(digits_artifact, tmp_path, monkeypatch):
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("## Predict on your own inputs", 1)[1].split("\n## ", 1)[0]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    shutil.copytree(digits_artifact, tmp_path / "runs" / "digits-export")
-    paths, _ = _digit_pngs(tmp_path / "more_digits", count=2)
-    shutil.copy(paths[0], tmp_path / "seven.png")
-    monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
