@@ -41,7 +41,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from bnnkit.artifacts import ArtifactError, read_versioned_json, write_json
+from bnnkit.artifacts import ArtifactError, check_writable, read_versioned_json, write_json
+from bnnkit.cli.values import positive_float
 
 from . import ceilings as ceilings_suite
 from .environment import run_metadata
@@ -386,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device to measure (default: cuda when available, else cpu)")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="write the run file (rows, ceilings, suite status) to PATH, rewritten after every case")
-    parser.add_argument("--budget-s", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--budget-s", type=positive_float, default=None, metavar="SECONDS",
                         help="per suite: skip the cases not started after this many seconds")
     parser.add_argument("--ceilings-from", default=None, metavar="RUN_JSON",
                         help="take the ceilings from an earlier run file of the same device instead of measuring")
@@ -399,8 +400,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.list:
         print(format_cases())
         return 0
-    if args.budget_s is not None and args.budget_s <= 0:
-        raise ValueError(f"--budget-s must be positive, got {args.budget_s:g}")
     device = resolve_device(args.device)
     given = None
     if args.ceilings_from is not None:
@@ -408,9 +407,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
         given = ceilings_from_run_file(args.ceilings_from, device_name(device))
     if args.json is not None:
-        parent = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(parent):
-            raise FileNotFoundError(f"--json {args.json!r}: directory {parent!r} does not exist")
+        check_writable(args.json, "--json", directory=False)
 
     def write(run: BenchRun) -> None:
         if args.json is not None:

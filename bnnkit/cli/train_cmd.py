@@ -25,6 +25,8 @@ def _model_arg(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{key}: value nested too deeply") from None
 
 
 def add_parser(subparsers) -> None:
@@ -79,7 +81,9 @@ def add_parser(subparsers) -> None:
                         "(default off; may change on --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out after its last finished epoch (same options)")
+                   help="continue the run in --out after its last finished epoch with the options it was started "
+                        "with (those given must agree; --epochs cannot change); a run killed before its first "
+                        "finished epoch starts from the beginning")
     p.set_defaults(run=run)
 
 
@@ -109,15 +113,11 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
 
 def run(args: argparse.Namespace) -> int:
     from bnnkit.train import train
+    from bnnkit.train.rundir import saved_options
 
     base = None
-    if args.resume:
-        from bnnkit.artifacts import read_json
-
-        base = TrainConfig.from_json(read_json(f"{args.out}/config.json", "run config")["train"])
-    result = train(config_from_args(args, base), resume=args.resume)
-    if result.rank != 0:
-        return 0
-    print(f"best test accuracy {result.best_test_acc:.4f} (epoch {result.best_epoch + 1}); "
-          f"model: {result.run_dir}/model.safetensors, metrics: {result.run_dir}/metrics.jsonl")
+    if args.resume:  # the run's own options, under those given again
+        saved = saved_options(args.out)
+        base = TrainConfig.from_json(saved) if saved is not None else None
+    train(config_from_args(args, base), resume=args.resume)  # its last line names the model and metrics files
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from bnnkit.cli.values import nonnegative_float, positive_int
 from bnnkit.data import DATASETS
 
 EXIT_DISAGREES = 1
@@ -29,12 +30,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", default=None, choices=DATASETS,
                    help="inputs: the test split of this dataset (default: the one the model was trained on)")
     p.add_argument("--data-dir", default=None, metavar="D", help="directory of cifar10 / imagefolder data")
-    p.add_argument("--samples", type=int, default=256, metavar="N", help="number of test samples (default 256)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of every runtime (default 64)")
+    p.add_argument("--samples", type=positive_int, default=256, metavar="N", help="number of test samples (default 256)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="batch size of every runtime (default 64)")
     p.add_argument("--runtime", action="append", default=None, choices=others, dest="runtimes",
                    help=f"compare only these runtimes (repeatable; {', '.join(others)}); a named runtime that "
                         "is unavailable fails. Default: all, skipping unavailable ones")
-    p.add_argument("--tolerance", type=float, default=RELATIVE_TOLERANCE,
+    p.add_argument("--tolerance", type=nonnegative_float, default=RELATIVE_TOLERANCE,
                    help=f"largest relative difference accepted (default {RELATIVE_TOLERANCE:g}, for fp32)")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="where to write the JSON report (default ARTIFACT_DIR/validation.json)")
@@ -65,7 +66,7 @@ def load_inputs(data: str, data_dir: str | None, samples: int, input_shape: tupl
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from bnnkit.artifacts import read_json, write_json
+    from bnnkit.artifacts import check_writable, read_json, write_json
     from bnnkit.export.validation.runtimes import TRAINED_DIR
     from bnnkit.export.validation.report import validate_artifact
 
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(os.path.join(directory, TRAINED_DIR)) and os.path.isfile(os.path.join(directory, "config.json")):
         raise ValueError(f"{directory!r} is a training run, not an export directory; make one with: "
                          f"bnnkit export {directory} --out EXPORT_DIR --onnx")
+    json_path = args.json or os.path.join(directory, "validation.json")
+    check_writable(json_path, "--json" if args.json else "the report", directory=False)  # before the run, not after
     config = read_json(os.path.join(directory, TRAINED_DIR, "config.json"), "trained model config")
     input_shape, num_classes = tuple(config["input_shape"]), int(config["num_classes"])
     data = args.data or config.get("train", {}).get("dataset", "synthetic")
@@ -83,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
     report = validate_artifact(directory, inputs, labels, runtimes=args.runtimes, batch_size=args.batch_size,
                                tolerance=args.tolerance, data=data)
     print(report.to_text())
-    json_path = args.json or os.path.join(directory, "validation.json")
     write_json(json_path, report.to_json())
     print(f"report: {json_path}")
     for line in report.failures():
