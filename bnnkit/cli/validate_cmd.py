@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from bnnkit.cli.values import nonnegative_float, positive_int
+from bnnkit.cli.values import nonnegative_float
 from bnnkit.data import DATASETS
 
 EXIT_DISAGREES = 1
@@ -30,8 +30,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", default=None, choices=DATASETS,
                    help="inputs: the test split of this dataset (default: the one the model was trained on)")
     p.add_argument("--data-dir", default=None, metavar="D", help="directory of cifar10 / imagefolder data")
-    p.add_argument("--samples", type=positive_int, default=256, metavar="N", help="number of test samples (default 256)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="batch size of every runtime (default 64)")
+    p.add_argument("--samples", type=int, default=256, metavar="N", help="number of test samples (default 256)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of every runtime (default 64)")
     p.add_argument("--runtime", action="append", default=None, choices=others, dest="runtimes",
                    help=f"compare only these runtimes (repeatable; {', '.join(others)}); a named runtime that "
                         "is unavailable fails. Default: all, skipping unavailable ones")
