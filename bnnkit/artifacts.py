@@ -155,12 +155,11 @@ def check_writable(path: str, what: str, *, directory: bool) -> None:
         probe_dir = os.path.dirname(probe_dir)
     if not os.path.isdir(probe_dir):
         raise ValueError(f"{what} {path!r} cannot be created: {probe_dir!r} is a file, not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".bnnkit-write-check.", dir=probe_dir)
+    try:  # an unnamed file where the system has O_TMPFILE: a kill leaves nothing behind
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
     except OSError as e:
         raise ValueError(f"{what} {path!r} cannot be written: {probe_dir!r}: {e.strerror}") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def read_json(path: str, what: str = "file") -> Any:

@@ -166,6 +166,8 @@ def test_a_flipped_weight_digit_is_refused_by_every_reader_and_repaired_by_resum
     for argv in (["summary", str(run)], ["export", str(run), "--out", str(tmp_path / "export2")]):
         assert main(argv) == 2
         assert "does not match its sha256 in run-manifest.json" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "export"), "--out", str(tmp_path / "export2")]) == 2
+    assert "is an export directory (bnnkit export), not a training run" in capsys.readouterr().err
     assert not (tmp_path / "export2").exists()
     logged = []
     train(digits_config(run, epochs=1), resume=True, log=logged.append)

@@ -34,7 +34,9 @@ def add_parser(subparsers) -> None:
         "train", help="train a model with ReSTE",
         description="Train a zoo model with the ReSTE recipe of the paper (SGD with momentum, cosine learning "
                     "rate with optional linear warm-up, cosine o schedule). Writes DIR/metrics.jsonl, "
-                    "DIR/model.safetensors (best test accuracy), DIR/config.json and a checkpoint for --resume. "
+                    "DIR/model.safetensors (best test accuracy), DIR/config.json, DIR/checkpoint.safetensors for "
+                    "--resume and DIR/run-manifest.json (their sha256), each file replaced in one rename: a run "
+                    "killed at any instant resumes exactly. One trainer at a time holds DIR. "
                     f"Per-dataset defaults: {_defaults_text()}. "
                     "Under torchrun (torchrun --nproc_per_node N -m bnnkit train ...) every process trains "
                     "data-parallel with DistributedDataParallel and rank 0 writes the run.",
@@ -51,9 +53,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="training batch size (default: per dataset); under torchrun the global batch, split "
                         "evenly across the processes (so it must be a multiple of their number)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate of SGD (default 0.1)")
-    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=None, help="weight decay on all parameters (default 1e-4)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of SGD, in (0, 10] (default 0.1)")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum, in [0, 1) (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay on all parameters, in [0, 1) (default 1e-4)")
     p.add_argument("--warmup-epochs", type=int, default=None,
                    help="linear warm-up epochs before cosine annealing (default: 5 for cifar10, else 0)")
     p.add_argument("--o-end", type=float, default=None,
