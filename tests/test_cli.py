@@ -141,3 +141,19 @@ def test_bad_values_get_one_line_exit_2_and_leave_nothing(tmp_path, capsys, monk
         assert all(line.startswith(("usage:", " ")) for line in lines[:-1]), (argv, lines)  # argparse's usage
         assert "Traceback" not in captured.err and captured.out == "", (argv, captured.out)
         assert sorted(p for p in tmp_path.rglob("*")) == before, (argv, "left something behind")
+
+
+def test_resume_of_a_run_killed_before_its_config_starts_from_the_beginning(tmp_path, capsys):
+    """A trainer killed right after creating its directory leaves it empty but for the lock
+    file: --resume (with the options given again) trains from the beginning."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").touch()
+    argv = ["train", "--resume", "--out", str(run), "--model", "digits_cnn", "--model-arg", "channels=4",
+            "--dataset", "synthetic", "--epochs", "1", "--batch-size", "64", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{run} has no finished epoch: training from the beginning" in out
+    assert out.count("best test accuracy") == 1  # one final line
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0  # options from the run itself
+    assert "finished all 1 epochs already" in capsys.readouterr().out
