@@ -188,3 +188,13 @@ def test_bad_options_fail_before_the_run_directory_exists(tmp_path, capsys):
                      "--no-progress", *extra]) == 2
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_a_run_whose_loss_becomes_nan_stops_with_an_error(tmp_path):
+    """lr 10 is accepted (the largest allowed) and blows the loss up to inf/nan: the run stops
+    naming the epoch instead of finishing silently at chance level."""
+    with pytest.raises(ValueError, match=r"training diverged in epoch \d/5 \(.*nan.* at learning rate"):
+        train(digits_config(tmp_path / "r", epochs=5, lr=10.0), log=lambda *a: None)
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    rows = metrics.read_text().splitlines() if metrics.exists() else []
+    assert all(math.isfinite(json.loads(r)["train_loss"]) for r in rows)  # only finished, finite epochs

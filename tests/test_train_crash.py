@@ -121,7 +121,8 @@ def _final_state(run) -> dict:
         "model": read_tensors(os.path.join(run, MODEL_FILE)),
         "tensors": {**{f"model.{k}": v for k, v in checkpoint.model_state.items()},
                     **{f"best.{k}": v for k, v in checkpoint.best_state.items()},
-                    **{f"opt.{i}.{k}": v for i, s in checkpoint.optimizer_state["state"].items() for k, v in s.items()}},
+                    **{f"opt.{i}.{k}": v for i, entries in checkpoint.optimizer_state["state"].items()
+                       for k, v in entries.items()}},
     }
 
 

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from bnnkit.summary import summarize
     from bnnkit.train import TrainConfig, load_run, train
 
-    config = TrainConfig(model=args.model, dataset="digits", out="", epochs=args.epochs, progress=not args.no_progress)
+    config = TrainConfig(model=args.model, dataset="digits", out="", epochs=args.epochs,
+                         progress=not args.no_progress)
     config.resolved()  # a bad option stops here, before any directory or output
     if args.out is not None:
         check_writable(args.out, "--out", directory=True)

@@ -55,7 +55,8 @@ def add_parser(subparsers) -> None:
                         "evenly across the processes (so it must be a multiple of their number)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of SGD, in (0, 10] (default 0.1)")
     p.add_argument("--momentum", type=float, default=None, help="SGD momentum, in [0, 1) (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=None, help="weight decay on all parameters, in [0, 1) (default 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay on all parameters, in [0, 1) (default 1e-4)")
     p.add_argument("--warmup-epochs", type=int, default=None,
                    help="linear warm-up epochs before cosine annealing (default: 5 for cifar10, else 0)")
     p.add_argument("--o-end", type=float, default=None,

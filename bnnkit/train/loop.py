@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -169,6 +170,15 @@ def _check_resume_config(saved: dict[str, Any], config: TrainConfig, run_dir: st
     return saved_cfg
 
 
+def _check_finite(row: dict[str, Any], epoch: int, config: TrainConfig) -> None:
+    """Stop a run whose loss became inf or nan (it cannot recover), rather than finish it silently."""
+    bad = ", ".join(f"{k} {row[k]}" for k in ("train_loss", "test_loss") if not math.isfinite(row[k]))
+    if bad:
+        raise ValueError(f"training diverged in epoch {epoch + 1}/{config.epochs} ({bad} at learning rate "
+                         f"{row['lr']:g}); the run keeps its files up to the epoch before; start a new run with a "
+                         "lower --lr")
+
+
 def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; writes the run directory ``config.out``.
 
@@ -298,6 +308,7 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
         test_loss, test_acc = evaluate(model, test_loader, device, context)
         row = {"epoch": epoch, "lr": lr, "o": o, **stats, "test_loss": test_loss, "test_acc": test_acc,
                "time_s": time.perf_counter() - started, "world_size": context.world_size}
+        _check_finite(row, epoch, config)
         new_best = test_acc > best["test_acc"]
         if new_best:
             best = {"test_acc": test_acc, "epoch": epoch}
@@ -307,8 +318,8 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
         history.append(row)
         if writer is not None:
             scaler = None if precision.scaler is None else precision.scaler.state_dict()
-            writer.save_epoch(model, optimizer, ckpt.Progress(epoch, best, list(history), recorded.to_json(), scaler),
-                              best_state, config_json(best) if new_best else None)
+            progress_now = ckpt.Progress(epoch, best, list(history), recorded.to_json(), scaler)
+            writer.save_epoch(model, optimizer, progress_now, best_state, config_json(best) if new_best else None)
         epochs_bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
                                best=f"{best['test_acc']:.4f}")
     epochs_bar.close()

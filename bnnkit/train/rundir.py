@@ -16,7 +16,6 @@ kernel when its holder dies) lets one in; the other stops with an error naming t
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -101,6 +100,8 @@ class RunWriter:
         except FileExistsError:
             if not os.path.isdir(directory):
                 raise FileExistsError(f"--out {directory!r} is a file, not a directory") from None
+        import fcntl  # POSIX
+
         lock = os.path.join(directory, LOCK_FILE)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         write_event("create", lock)
