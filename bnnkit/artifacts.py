@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -30,29 +30,137 @@ def _umask() -> int:
     return mask
 
 
+WriteHook = Callable[[str, str], None]
+_write_hook: WriteHook | None = None
+
+
+def set_write_hook(hook: WriteHook | None) -> WriteHook | None:
+    """Call ``hook(event, path)`` at every step of every write bnnkit makes (crash tests kill
+    the process there); returns the previous hook. Events: ``"create"`` (a temporary file or
+    a lock file now exists), ``"written"`` (a temporary file holds its full content),
+    ``"rename"`` (a file was renamed into place), ``"mkdir"`` (a directory was created),
+    ``"locked"`` (a lock was taken)."""
+    global _write_hook
+    previous, _write_hook = _write_hook, hook
+    return previous
+
+
+def write_event(event: str, path: str) -> None:
+    """Report a write step to the hook of :func:`set_write_hook` (nothing without one)."""
+    if _write_hook is not None:
+        _write_hook(event, path)
+
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_prefix(path: str) -> str:
+    """File-name prefix of the temporaries written for ``path``: ``.NAME.PID.`` (the random
+    part and :data:`TEMPORARY_SUFFIX` follow), so a later process can tell whose they are."""
+    return f".{os.path.basename(path)}.{os.getpid()}."
+
+
+def remove_temporaries(directory: str, names: Iterable[str], *, only_dead_owners: bool = True) -> list[str]:
+    """Remove the temporaries left in ``directory`` for the files ``names`` by processes that
+    died while writing them (``only_dead_owners=False``: by any process, for a caller that
+    holds the directory's lock); returns the removed paths."""
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        for name in names:
+            prefix = f".{name}."
+            if not (entry.startswith(prefix) and entry.endswith(TEMPORARY_SUFFIX)):
+                continue
+            owner = entry[len(prefix):].split(".", 1)[0]
+            if only_dead_owners and (not owner.isdigit() or _process_alive(int(owner))):
+                continue
+            path = os.path.join(directory, entry)
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+                removed.append(path)
+            break
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """A temporary file name beside ``path`` to write to; renamed to ``path`` when the block
-    ends without an error, removed otherwise."""
+    """A temporary file name beside ``path`` to write to; when the block ends without an error
+    its content is flushed to disk (fsync) and it is renamed to ``path`` (one ``os.replace``),
+    otherwise it is removed. A process killed at any instant leaves the old ``path`` or the
+    new one, plus at worst a temporary that :func:`remove_temporaries` recognizes."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=directory)
     os.close(fd)
     try:
+        write_event("create", tmp)
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data reaches the disk before the name does
+        finally:
+            os.close(fd)
+        write_event("written", tmp)
         os.replace(tmp, path)
+        write_event("rename", path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def write_json(path: str, obj: Any, *, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (``indent=None``: compact, one line)."""
+def write_bytes(path: str, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`); returns its sha256 (hex)."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=indent, sort_keys=False, separators=None if indent else (",", ":"))
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def json_bytes(obj: Any, *, indent: int | None = 2) -> bytes:
+    """``obj`` as the JSON text :func:`write_json` writes (``indent=None``: compact, one line)."""
+    return (json.dumps(obj, indent=indent, sort_keys=False, separators=None if indent else (",", ":"))
+            + "\n").encode()
+
+
+def write_json(path: str, obj: Any, *, indent: int | None = 2) -> str:
+    """Write ``obj`` as JSON to ``path`` atomically; returns the file's sha256 (hex)."""
+    return write_bytes(path, json_bytes(obj, indent=indent))
+
+
+def check_writable(path: str, what: str, *, directory: bool) -> None:
+    """Check, before any work, that ``path`` (a directory with ``directory=True``, else a
+    file) can be created or replaced; raise :class:`ValueError` naming ``what`` (e.g.
+    ``"--out"``) and the reason: a file where a directory is needed or the reverse, or a
+    directory that cannot be written. Creates nothing that stays."""
+    full = os.path.abspath(path)
+    if os.path.isdir(full) and not directory:
+        raise ValueError(f"{what} {path!r} is a directory; give a file path")
+    if os.path.exists(full) and not os.path.isdir(full) and directory:
+        raise ValueError(f"{what} {path!r} is a file, not a directory")
+    probe_dir = full if directory and os.path.isdir(full) else os.path.dirname(full)
+    while not os.path.exists(probe_dir):
+        probe_dir = os.path.dirname(probe_dir)
+    if not os.path.isdir(probe_dir):
+        raise ValueError(f"{what} {path!r} cannot be created: {probe_dir!r} is a file, not a directory")
+    try:  # an unnamed file where the system has O_TMPFILE: a kill leaves nothing behind
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as e:
+        raise ValueError(f"{what} {path!r} cannot be written: {probe_dir!r}: {e.strerror}") from None
 
 
 MAX_JSON_BYTES = 64 << 20
@@ -88,13 +196,18 @@ def read_versioned_json(path: str, what: str, *, fmt: str, version: int) -> dict
     return doc
 
 
-def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` (contiguous CPU copies are made) to a safetensors file atomically."""
-    from safetensors.torch import save_file
+def write_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Write ``tensors`` (contiguous CPU copies are made) to a safetensors file atomically;
+    returns the file's sha256 (hex)."""
+    return write_bytes(path, tensor_bytes(tensors, metadata))
 
-    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(plain, tmp, metadata=metadata)
+
+def tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors file :func:`write_tensors` writes, as bytes (contiguous CPU copies of
+    ``tensors``; ``metadata``: the header's string table)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 
 def read_tensors(path: str, what: str = "tensor file") -> dict[str, torch.Tensor]:
@@ -115,43 +228,6 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-_STAGING_SUFFIX = ".staging"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def remove_dead_scratch(parent: str, base: str, suffix: str = _STAGING_SUFFIX) -> list[str]:
-    """Remove the scratch entries ``.{base}.{pid}.*{suffix}`` in ``parent`` whose process is no
-    longer alive (left by a killed writer); returns the removed paths."""
-    removed = []
-    prefix = f".{base}."
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return removed
-    for name in names:
-        if not (name.startswith(prefix) and name.endswith(suffix)):
-            continue
-        pid = name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            path = os.path.join(parent, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            removed.append(path)
-    return removed
 
 
 def check_destination(directory: str, overwrite: bool) -> None:
@@ -185,8 +261,8 @@ def staged_directory(directory: str, *, overwrite: bool = False) -> Iterator[str
     check_destination(directory, overwrite)
     parent, base = os.path.split(directory)
     os.makedirs(parent, exist_ok=True)
-    remove_dead_scratch(parent, base)
-    scratch = tempfile.mkdtemp(prefix=f".{base}.{os.getpid()}.", suffix=_STAGING_SUFFIX, dir=parent)
+    remove_temporaries(parent, [base])  # scratch of a writer that was killed
+    scratch = tempfile.mkdtemp(prefix=temporary_prefix(directory), suffix=TEMPORARY_SUFFIX, dir=parent)
     staging = os.path.join(scratch, "new")
     try:
         yield staging

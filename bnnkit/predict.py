@@ -351,7 +351,7 @@ def _as_batch(arr: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
         expected += f" (or without the channel dim: (N, {shape[1]}, {shape[2]}) or ({shape[1]}, {shape[2]}))"
     hint = ""
     if spec.layout == "NCHW" and arr.ndim >= 3 and arr.shape[-3:] == (shape[1], shape[2], shape[0]):
-        hint = f"; it looks channels-last (NHWC): the layout is NCHW, transpose it (x.transpose(0, 3, 1, 2))"
+        hint = "; it looks channels-last (NHWC): the layout is NCHW, transpose it (x.transpose(0, 3, 1, 2))"
     elif spec.layout == "NCHW" and arr.ndim >= 3 and arr.shape[-2:] == shape[1:] and arr.shape[-3] != shape[0]:
         hint = f"; it has {arr.shape[-3]} channels, the model takes {shape[0]}"
     rng = spec.value_range

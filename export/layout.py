@@ -8,4 +8,4 @@
 PACKED_MANIFEST = "manifest.json"
 TRAINED_DIR = "trained"
 ONNX_FILE = "model.onnx"
-RUN_FILES = ("config.json", "model.safetensors")
+RUN_FILES = ("config.json", "model.safetensors", "run-manifest.json")  # what load_run reads and checks

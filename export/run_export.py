@@ -6,8 +6,7 @@
 
 Each of the three records the run's input spec (preprocessing, class names:
 :class:`bnnkit.inputs.InputSpec`): the manifest's ``input_spec``, ``trained/config.json``'s
-``input_spec`` and the ONNX file's ``metadata_props["bnnkit.input_spec"]``. A run written
-before input specs existed gets its dataset's (:func:`bnnkit.data.dataset_input_spec`).
+``input_spec`` and the ONNX file's ``metadata_props["bnnkit.input_spec"]``.
 
 The directory is built under a temporary name and renamed into place, so a failure (an
 unsupported layer, an ONNX graph that does not reproduce the model) or a kill leaves nothing
@@ -23,7 +22,7 @@ import shutil
 
 import torch
 
-from bnnkit.artifacts import ArtifactError, staged_directory, write_json
+from bnnkit.artifacts import ArtifactError, staged_directory
 from bnnkit.inputs import InputSpec
 
 from .layout import ONNX_FILE, RUN_FILES, TRAINED_DIR
@@ -78,27 +77,17 @@ def _check_destination(run_dir: str, out: str, overwrite: bool) -> None:
 
 
 def run_input_spec(run_dir: str, config: dict) -> InputSpec | None:
-    """The input spec of a run: its config's ``input_spec``, or for a run written before
-    specs existed, its dataset's (:func:`bnnkit.data.dataset_input_spec`)."""
-    from bnnkit.data import DATASETS, dataset_input_spec
-
+    """The input spec a run's ``config.json`` records (``None`` when its dataset has none),
+    checked against the run's input shape and class count."""
     where = f"{os.path.join(run_dir, 'config.json')!r} input_spec"
     num_classes, input_shape = int(config["num_classes"]), tuple(config["input_shape"])
-    if config.get("input_spec") is not None:
-        spec = InputSpec.from_json(config["input_spec"], where)
-        if spec.shape != input_shape or (spec.class_names is not None and len(spec.class_names) != num_classes):
-            raise ArtifactError(f"{where} describes inputs {list(spec.shape)} and "
-                                f"{len(spec.class_names or ())} class names; the run has input_shape "
-                                f"{list(input_shape)} and {num_classes} classes")
-        return spec
-    train = config.get("train") or {}
-    if train.get("dataset") not in DATASETS:
+    if config.get("input_spec") is None:
         return None
-    spec = dataset_input_spec(train["dataset"], train.get("data_dir"), input_shape, num_classes)
-    if spec is None or spec.shape != input_shape:
-        return None
-    if spec.class_names is not None and len(spec.class_names) != num_classes:
-        spec = spec.with_class_names(None)
+    spec = InputSpec.from_json(config["input_spec"], where)
+    if spec.shape != input_shape or (spec.class_names is not None and len(spec.class_names) != num_classes):
+        raise ArtifactError(f"{where} describes inputs {list(spec.shape)} and "
+                            f"{len(spec.class_names or ())} class names; the run has input_shape "
+                            f"{list(input_shape)} and {num_classes} classes")
     return spec
 
 
@@ -123,8 +112,6 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool
         os.makedirs(os.path.join(staging, TRAINED_DIR))
         for name in RUN_FILES:
             shutil.copy2(os.path.join(run_dir, name), os.path.join(staging, TRAINED_DIR, name))
-        if config.get("input_spec") is None and spec is not None:  # an older run: the copy records it too
-            write_json(os.path.join(staging, TRAINED_DIR, "config.json"), {**config, "input_spec": spec.to_json()})
         onnx_info = to_onnx(model, os.path.join(staging, ONNX_FILE), onnx_example_input(input_shape),
                             input_spec=spec) if onnx else None
         packed.write_files(staging)  # last: its manifest lists every file of the directory with its SHA-256

@@ -77,3 +77,50 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     for path in (tmp_path / "a.json", tmp_path / "art" / "model.safetensors", tmp_path / "art" / "manifest.json"):
         assert os.stat(path).st_mode & 0o777 == 0o644, path
     assert os.stat(tmp_path / "art").st_mode & 0o777 == 0o755
+
+
+def test_writes_report_each_step_to_the_hook_and_return_the_sha256(tmp_path):
+    from bnnkit.artifacts import set_write_hook, sha256_file
+
+    events = []
+    previous = set_write_hook(lambda event, path: events.append((event, os.path.basename(path))))
+    try:
+        digest = write_json(str(tmp_path / "a.json"), {"x": 1})
+    finally:
+        set_write_hook(previous)
+    tmp = events[0][1]
+    assert tmp.startswith(f".a.json.{os.getpid()}.") and tmp.endswith(".tmp")
+    assert events == [("create", tmp), ("written", tmp), ("rename", "a.json")]
+    assert digest == sha256_file(str(tmp_path / "a.json"))
+
+
+def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from bnnkit.artifacts import remove_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = [f".a.json.{dead.pid}.xyz.tmp", f".a.json.{os.getpid()}.xyz.tmp", ".b.json.1.xyz.tmp", "a.json"]
+    for name in names:
+        (tmp_path / name).write_text("")
+    assert remove_temporaries(str(tmp_path), ["a.json"]) == [str(tmp_path / names[0])]
+    assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
+    remove_temporaries(str(tmp_path), ["a.json"], only_dead_owners=False)  # a caller holding the lock
+    assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
+
+
+def test_check_writable_names_the_problem_and_creates_nothing(tmp_path):
+    from bnnkit.artifacts import check_writable
+
+    (tmp_path / "f").write_text("")
+    check_writable(str(tmp_path / "new" / "deeper"), "--out", directory=True)
+    check_writable(str(tmp_path / "f"), "--json", directory=False)  # replaced by a rename: fine
+    with pytest.raises(ValueError, match="--out .* is a file, not a directory"):
+        check_writable(str(tmp_path / "f"), "--out", directory=True)
+    with pytest.raises(ValueError, match="cannot be created: .* is a file, not a directory"):
+        check_writable(str(tmp_path / "f" / "x"), "--out", directory=True)
+    with pytest.raises(ValueError, match="--json .* is a directory; give a file path"):
+        check_writable(str(tmp_path), "--json", directory=False)
+    assert os.listdir(tmp_path) == ["f"]

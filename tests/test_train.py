@@ -40,8 +40,8 @@ def test_short_digits_run_learns_and_writes_its_files(tmp_path):
     before = untrained_test_accuracy(config)
     result = train(config, log=lambda *a: None)
     run = tmp_path / "run"
-    assert sorted(os.listdir(run)) == ["checkpoint.json", "checkpoint.safetensors", "config.json",
-                                       "metrics.jsonl", "model.safetensors"]
+    assert sorted(os.listdir(run)) == [".lock", "checkpoint.safetensors", "config.json", "metrics.jsonl",
+                                       "model.safetensors", "run-manifest.json"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     for r in rows:
@@ -60,7 +60,9 @@ def test_short_digits_run_learns_and_writes_its_files(tmp_path):
     assert config_json["model"] == "digits_mlp" and config_json["input_shape"] == [1, 8, 8]
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly_from_another_path_to_the_run(tmp_path, monkeypatch):
+    """Interrupted in its third epoch, the run is moved and resumed through a relative path:
+    it ends where the uninterrupted run ends (the run is the directory, not its spelling)."""
     straight = train(digits_config(tmp_path / "a"), log=lambda *a: None)
 
     calls = {"n": 0}
@@ -78,14 +80,18 @@ def test_resume_continues_exactly(tmp_path):
             train(digits_config(tmp_path / "b"), log=lambda *a: None)
     finally:
         train_loop.train_one_epoch = real
-    resumed = train(digits_config(tmp_path / "b"), resume=True, log=lambda *a: None)
+    os.rename(tmp_path / "b", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    logged = []
+    resumed = train(digits_config("./moved"), resume=True, log=logged.append)
+    assert logged[0].startswith("resuming ./moved after epoch 2/3 (best test accuracy")
 
     a = read_tensors(str(tmp_path / "a" / "checkpoint.safetensors"))
-    b = read_tensors(str(tmp_path / "b" / "checkpoint.safetensors"))
+    b = read_tensors(str(tmp_path / "moved" / "checkpoint.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
     assert strip(straight.metrics) == strip(resumed.metrics)
-    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    lines = (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
 
 
@@ -93,19 +99,45 @@ def test_resume_refuses_changed_options_and_reuse_of_a_run_dir(tmp_path):
     train(digits_config(tmp_path / "r", epochs=1), log=lambda *a: None)
     with pytest.raises(ValueError, match="lr: run has 0.1, asked 0.5"):
         train(digits_config(tmp_path / "r", epochs=1, lr=0.5), resume=True, log=lambda *a: None)
+    with pytest.raises(ValueError, match="cannot change --epochs: the run in .* has 1 epochs, asked 2; its cosine "
+                                         "learning-rate and o schedules are laid out over its 1 epochs"):
+        train(digits_config(tmp_path / "r", epochs=2), resume=True, log=lambda *a: None)
     with pytest.raises(FileExistsError, match="--resume"):
         train(digits_config(tmp_path / "r", epochs=1), log=lambda *a: None)
+    logged = []
+    result = train(digits_config(tmp_path / "r", epochs=1), resume=True, log=logged.append)
+    assert logged[0].startswith(f"{tmp_path / 'r'} finished all 1 epochs already; nothing to train (best test "
+                                "accuracy") and logged[0].endswith("at epoch 1)")
+    assert len(logged) == 2 and logged[1].startswith("best test accuracy") and len(result.metrics) == 1
+    with pytest.raises(FileNotFoundError, match="--resume: run directory .* does not exist"):
+        train(digits_config(tmp_path / "missing", epochs=1), resume=True, log=lambda *a: None)
+
+
+def _flip_a_weight_digit(path):
+    """Change one float weight of a safetensors file in about its 7th significant digit (the
+    file stays a valid safetensors file)."""
+    data = bytearray(path.read_bytes())
+    data[-40] ^= 0x01  # the low bits of a float32's mantissa
+    path.write_bytes(bytes(data))
 
 
 def test_corrupt_or_missing_runs_give_clear_errors(tmp_path):
     train(digits_config(tmp_path / "r", epochs=1), log=lambda *a: None)
     ckpt = tmp_path / "r" / "checkpoint.safetensors"
-    ckpt.write_bytes(ckpt.read_bytes()[:-10])
-    with pytest.raises(ArtifactError, match="does not match checkpoint.json"):
+    good = ckpt.read_bytes()
+    _flip_a_weight_digit(ckpt)
+    with pytest.raises(ArtifactError, match="is corrupt: its content does not match the sha256 it records"):
         train(digits_config(tmp_path / "r", epochs=1), resume=True, log=lambda *a: None)
+    ckpt.write_bytes(good[:-10])
+    with pytest.raises(ArtifactError, match="not a readable safetensors file"):
+        train(digits_config(tmp_path / "r", epochs=1), resume=True, log=lambda *a: None)
+    ckpt.write_bytes(good)
     model_file = tmp_path / "r" / "model.safetensors"
     model_file.write_bytes(b"garbage")
-    with pytest.raises(ArtifactError, match="not a readable safetensors file"):
+    with pytest.raises(ArtifactError, match="model.safetensors' does not match its sha256 in run-manifest.json"):
+        load_run(str(tmp_path / "r"))
+    os.remove(tmp_path / "r" / "run-manifest.json")
+    with pytest.raises(ArtifactError, match="run manifest .* does not exist"):
         load_run(str(tmp_path / "r"))
     with pytest.raises(ArtifactError, match="does not exist"):
         load_run(str(tmp_path / "missing"))
@@ -113,6 +145,35 @@ def test_corrupt_or_missing_runs_give_clear_errors(tmp_path):
         train(digits_config(tmp_path / "x", device="tpu"), log=lambda *a: None)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         train(digits_config(tmp_path / "x", epochs=0), log=lambda *a: None)
+
+
+def test_a_flipped_weight_digit_is_refused_by_every_reader_and_repaired_by_resume(tmp_path, capsys):
+    """The probe of issue 11: one float of model.safetensors changed in its 7th digit went
+    unnoticed by summary and export. Every reader now checks the run manifest; --resume
+    rewrites the file from the checkpoint and says so."""
+    from bnnkit.cli import main
+    from bnnkit.export import export_run
+
+    run = tmp_path / "r"
+    train(digits_config(run, epochs=1), log=lambda *a: None)
+    export_run(str(run), str(tmp_path / "export"))
+    good = (run / "model.safetensors").read_bytes()
+    for model_file in (run / "model.safetensors", tmp_path / "export" / "trained" / "model.safetensors"):
+        _flip_a_weight_digit(model_file)
+        read_tensors(str(model_file))  # still a valid safetensors file: only the checksum tells
+        with pytest.raises(ArtifactError, match="model.safetensors' does not match its sha256"):
+            load_run(str(model_file.parent))
+    for argv in (["summary", str(run)], ["export", str(run), "--out", str(tmp_path / "export2")]):
+        assert main(argv) == 2
+        assert "does not match its sha256 in run-manifest.json" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "export"), "--out", str(tmp_path / "export2")]) == 2
+    assert "is an export directory (bnnkit export), not a training run" in capsys.readouterr().err
+    assert not (tmp_path / "export2").exists()
+    logged = []
+    train(digits_config(run, epochs=1), resume=True, log=logged.append)
+    assert "rewrote model.safetensors from the checkpoint of epoch 1" in logged
+    assert (run / "model.safetensors").read_bytes() == good
+    load_run(str(run))
 
 
 def test_bad_options_fail_before_the_run_directory_exists(tmp_path, capsys):
@@ -127,3 +188,13 @@ def test_bad_options_fail_before_the_run_directory_exists(tmp_path, capsys):
                      "--no-progress", *extra]) == 2
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_a_run_whose_loss_becomes_nan_stops_with_an_error(tmp_path):
+    """lr 10 is accepted (the largest allowed) and blows the loss up to inf/nan: the run stops
+    naming the epoch instead of finishing silently at chance level."""
+    with pytest.raises(ValueError, match=r"training diverged in epoch \d/5 \(.*nan.* at learning rate"):
+        train(digits_config(tmp_path / "r", epochs=5, lr=10.0), log=lambda *a: None)
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    rows = metrics.read_text().splitlines() if metrics.exists() else []
+    assert all(math.isfinite(json.loads(r)["train_loss"]) for r in rows)  # only finished, finite epochs

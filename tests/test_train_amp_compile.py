@@ -9,7 +9,7 @@ import torch
 from bnnkit.cli import main
 from bnnkit.cli.train_cmd import add_parser, config_from_args
 from bnnkit.train import TrainConfig, train
-from bnnkit.train.checkpoint import CHECKPOINT_STATE_FILE
+from bnnkit.train.checkpoint import CHECKPOINT_FILE, read_checkpoint
 
 
 def digits_config(out, **kw):
@@ -50,8 +50,7 @@ def test_bf16_amp_run_learns(tmp_path):
     result = train(digits_config(tmp_path / "run", amp="bf16"), log=lambda *a: None)
     assert result.best_test_acc > 0.5  # chance is 0.1
     assert result.metrics[-1]["train_loss"] < result.metrics[0]["train_loss"]
-    state = json.loads((tmp_path / "run" / CHECKPOINT_STATE_FILE).read_text())
-    assert "grad_scaler" not in state  # bf16 needs no loss scaling
+    assert read_checkpoint(str(tmp_path / "run" / CHECKPOINT_FILE)).progress.grad_scaler is None  # no loss scaling
 
 
 def test_fp16_resume_continues_exactly_with_the_scaler_state(tmp_path, monkeypatch):
@@ -73,7 +72,7 @@ def test_fp16_resume_continues_exactly_with_the_scaler_state(tmp_path, monkeypat
     monkeypatch.setattr(train_loop, "train_one_epoch", real)
     resumed = train(digits_config(tmp_path / "b", amp="fp16"), resume=True, log=lambda *a: None)
     assert _same_metrics(resumed.metrics, straight.metrics)
-    states = [json.loads((tmp_path / d / CHECKPOINT_STATE_FILE).read_text())["grad_scaler"] for d in "ab"]
+    states = [read_checkpoint(str(tmp_path / d / CHECKPOINT_FILE)).progress.grad_scaler for d in "ab"]
     assert states[0] == states[1] and states[0]["scale"] > 0
 
 

@@ -12,7 +12,8 @@ from bnnkit.version import __version__
 COMMANDS = ("train", "summary", "demo", "export", "validate", "predict", "plot", "bench")
 
 # Errors caused by what the user asked for: shown as one line, without a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ArtifactError, ImportError, NotImplementedError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError,
+               ArtifactError, ImportError, NotImplementedError)
 
 
 def build_parser() -> argparse.ArgumentParser:

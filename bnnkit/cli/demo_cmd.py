@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 
@@ -22,13 +23,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="directory for the run (default: a new temp dir)")
     p.add_argument("--model", default="digits_mlp", choices=["digits_mlp", "digits_cnn"],
                    help="digits model to train (default digits_mlp)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the digits default)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs, >= 1 (default: the digits default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bnnkit.artifacts import write_json
+    from bnnkit.artifacts import check_writable, write_json
     from bnnkit.cli.validate_cmd import EXIT_DISAGREES, load_inputs
     from bnnkit.export import export_run
     from bnnkit.export.validation.report import validate_artifact
@@ -36,16 +37,21 @@ def run(args: argparse.Namespace) -> int:
     from bnnkit.summary import summarize
     from bnnkit.train import TrainConfig, load_run, train
 
+    config = TrainConfig(model=args.model, dataset="digits", out="", epochs=args.epochs,
+                         progress=not args.no_progress)
+    config.resolved()  # a bad option stops here, before any directory or output
+    if args.out is not None:
+        check_writable(args.out, "--out", directory=True)
+        for existing in ("run", "export", "digits"):
+            if os.path.exists(os.path.join(args.out, existing)):
+                raise FileExistsError(f"{os.path.join(args.out, existing)!r} already exists (an earlier demo?); "
+                                      "choose another --out")
     out = args.out or tempfile.mkdtemp(prefix="bnnkit-demo-")
     run_dir = os.path.join(out, "run")
     export_dir = os.path.join(out, "export")
     digits_dir = os.path.join(out, "digits")
-    for existing in (run_dir, export_dir, digits_dir):
-        if os.path.exists(existing):
-            raise FileExistsError(f"{existing!r} already exists (an earlier demo?); choose another --out")
     print(f"[1/5] training {args.model} on the digits set -> {run_dir}")
-    result = train(TrainConfig(model=args.model, dataset="digits", out=run_dir, epochs=args.epochs,
-                               progress=not args.no_progress))
+    result = train(dataclasses.replace(config, out=run_dir))
     model, config = load_run(run_dir)
     print(f"[2/5] summary of the best model (test accuracy {result.best_test_acc:.4f})")
     print(summarize(model, tuple(config["input_shape"])).to_text())

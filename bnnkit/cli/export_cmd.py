@@ -23,8 +23,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bnnkit.artifacts import check_writable
     from bnnkit.export import export_run
 
+    check_writable(args.out, "--out", directory=True)
     result = export_run(args.run_dir, args.out, onnx=args.onnx, overwrite=args.overwrite)
     print(f"packed {result.model_name} from {args.run_dir} -> {result.directory}: {result.packed_bytes:,} bytes "
           f"(fp32 state dict {result.fp32_state_bytes:,} bytes, {result.compression:.1f}x smaller); "

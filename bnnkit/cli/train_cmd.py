@@ -25,6 +25,8 @@ def _model_arg(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{key}: value nested too deeply") from None
 
 
 def add_parser(subparsers) -> None:
@@ -32,7 +34,9 @@ def add_parser(subparsers) -> None:
         "train", help="train a model with ReSTE",
         description="Train a zoo model with the ReSTE recipe of the paper (SGD with momentum, cosine learning "
                     "rate with optional linear warm-up, cosine o schedule). Writes DIR/metrics.jsonl, "
-                    "DIR/model.safetensors (best test accuracy), DIR/config.json and a checkpoint for --resume. "
+                    "DIR/model.safetensors (best test accuracy), DIR/config.json, DIR/checkpoint.safetensors for "
+                    "--resume and DIR/run-manifest.json (their sha256), each file replaced in one rename: a run "
+                    "killed at any instant resumes exactly. One trainer at a time holds DIR. "
                     f"Per-dataset defaults: {_defaults_text()}. "
                     "Under torchrun (torchrun --nproc_per_node N -m bnnkit train ...) every process trains "
                     "data-parallel with DistributedDataParallel and rank 0 writes the run.",
@@ -49,9 +53,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="training batch size (default: per dataset); under torchrun the global batch, split "
                         "evenly across the processes (so it must be a multiple of their number)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate of SGD (default 0.1)")
-    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=None, help="weight decay on all parameters (default 1e-4)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of SGD, in (0, 10] (default 0.1)")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum, in [0, 1) (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay on all parameters, in [0, 1) (default 1e-4)")
     p.add_argument("--warmup-epochs", type=int, default=None,
                    help="linear warm-up epochs before cosine annealing (default: 5 for cifar10, else 0)")
     p.add_argument("--o-end", type=float, default=None,
@@ -79,7 +84,9 @@ def add_parser(subparsers) -> None:
                         "(default off; may change on --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out after its last finished epoch (same options)")
+                   help="continue the run in --out after its last finished epoch with the options it was started "
+                        "with (those given must agree; --epochs cannot change); a run killed before its first "
+                        "finished epoch starts from the beginning")
     p.set_defaults(run=run)
 
 
@@ -109,15 +116,11 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
 
 def run(args: argparse.Namespace) -> int:
     from bnnkit.train import train
+    from bnnkit.train.rundir import saved_options
 
     base = None
-    if args.resume:
-        from bnnkit.artifacts import read_json
-
-        base = TrainConfig.from_json(read_json(f"{args.out}/config.json", "run config")["train"])
-    result = train(config_from_args(args, base), resume=args.resume)
-    if result.rank != 0:
-        return 0
-    print(f"best test accuracy {result.best_test_acc:.4f} (epoch {result.best_epoch + 1}); "
-          f"model: {result.run_dir}/model.safetensors, metrics: {result.run_dir}/metrics.jsonl")
+    if args.resume:  # the run's own options, under those given again
+        saved = saved_options(args.out)
+        base = TrainConfig.from_json(saved) if saved is not None else None
+    train(config_from_args(args, base), resume=args.resume)  # its last line names the model and metrics files
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from bnnkit.cli.values import nonnegative_float
 from bnnkit.data import DATASETS
 
 EXIT_DISAGREES = 1
@@ -36,7 +37,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--runtime", action="append", default=None, choices=others, dest="runtimes",
                    help=f"compare only these runtimes (repeatable; {', '.join(others)}); a named runtime that "
                         "is unavailable fails. Default: all, skipping unavailable ones")
-    p.add_argument("--tolerance", type=float, default=RELATIVE_TOLERANCE,
+    p.add_argument("--tolerance", type=nonnegative_float, default=RELATIVE_TOLERANCE,
                    help=f"largest relative difference accepted (default {RELATIVE_TOLERANCE:g}, for fp32)")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="where to write the JSON report (default ARTIFACT_DIR/validation.json)")
@@ -82,7 +83,8 @@ def _packed_input_shape(directory: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from bnnkit.artifacts import read_json, write_json
+    from bnnkit import schema
+    from bnnkit.artifacts import ArtifactError, check_writable, read_json, write_json
     from bnnkit.export.validation.runtimes import TRAINED_DIR
     from bnnkit.export.validation.report import validate_artifact
 
@@ -92,9 +94,15 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(os.path.join(directory, TRAINED_DIR)) and os.path.isfile(os.path.join(directory, "config.json")):
         raise ValueError(f"{directory!r} is a training run, not an export directory; make one with: "
                          f"bnnkit export {directory} --out EXPORT_DIR --onnx")
+    json_path = args.json or os.path.join(directory, "validation.json")
+    check_writable(json_path, "--json" if args.json else "the report", directory=False)  # before the run, not after
     if os.path.isdir(os.path.join(directory, TRAINED_DIR)):
-        config = read_json(os.path.join(directory, TRAINED_DIR, "config.json"), "trained model config")
-        input_shape, num_classes = tuple(config["input_shape"]), int(config["num_classes"])
+        path = os.path.join(directory, TRAINED_DIR, "config.json")
+        config = read_json(path, "trained model config")
+        if not isinstance(config, dict):
+            raise ArtifactError(f"trained model config {path!r} is not a JSON object")
+        input_shape = schema.input_shape(config.get("input_shape"), f"{path!r}: input_shape")
+        num_classes = schema.integer(config.get("num_classes"), f"{path!r}: num_classes", 1, 100_000)
     else:  # an export of a model outside the zoo: the packed artifact says what input it takes
         config, input_shape, num_classes = {}, _packed_input_shape(directory), None
     data = args.data or config.get("train", {}).get("dataset", "synthetic")
@@ -103,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
     report = validate_artifact(directory, inputs, labels, runtimes=args.runtimes, batch_size=args.batch_size,
                                tolerance=args.tolerance, data=data)
     print(report.to_text())
-    json_path = args.json or os.path.join(directory, "validation.json")
     write_json(json_path, report.to_json())
     print(f"report: {json_path}")
     for line in report.failures():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnnkit.estimators import Estimator
-from bnnkit.models.common import binary_conv3x3
+from bnnkit.models.common import binary_conv3x3, check_common_args, check_size
 from bnnkit.models.registry import register_model
 from bnnkit.nn.layers import BinaryLinear
 
@@ -23,6 +23,9 @@ class DigitsMLP(nn.Module):
     def __init__(self, num_classes: int = 10, hidden: int = 512, depth: int = 2, *, estimator: Estimator = "reste",
                  a32: bool = False, scale: str = "tensor") -> None:
         super().__init__()
+        check_common_args("digits_mlp", num_classes, a32)
+        check_size("digits_mlp", "hidden", hidden, 1, 8192)
+        check_size("digits_mlp", "depth", depth, 1, 64)  # depth 0 would have no binary layer
         self.fc0 = nn.Linear(64, hidden, bias=False)
         self.bn0 = nn.BatchNorm1d(hidden)
         self.blocks = nn.ModuleList()
@@ -48,7 +51,8 @@ class DigitsCNN(nn.Module):
     def __init__(self, num_classes: int = 10, channels: int = 32, *, estimator: Estimator = "reste",
                  a32: bool = False, scale: str = "tensor") -> None:
         super().__init__()
-        c = channels
+        check_common_args("digits_cnn", num_classes, a32)
+        c = check_size("digits_cnn", "channels", channels, 1, 1024)
         self.conv0 = nn.Conv2d(1, c, 3, padding=1, bias=False)
         self.bn0 = nn.BatchNorm2d(c)
         self.conv1 = binary_conv3x3(c, 2 * c, 1, estimator, a32, scale)

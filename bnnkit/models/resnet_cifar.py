@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnnkit.estimators import Estimator
-from bnnkit.models.common import PadChannelsShortcut, binary_conv3x3, init_bn_identity
+from bnnkit.models.common import PadChannelsShortcut, binary_conv3x3, check_common_args, init_bn_identity
 from bnnkit.models.registry import register_model
 
 
@@ -67,6 +67,7 @@ class ResNetCifar(nn.Module):
     def __init__(self, block: type[nn.Module], num_blocks: list[int], widths: list[int], num_classes: int = 10, *,
                  estimator: Estimator = "reste", a32: bool = False, scale: str = "tensor") -> None:
         super().__init__()
+        check_common_args(type(self).__name__, num_classes, a32)
         self.in_planes = widths[0]
         self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnnkit.estimators import Estimator
-from bnnkit.models.common import binary_conv3x3, init_bn_identity
+from bnnkit.models.common import binary_conv3x3, check_common_args, init_bn_identity
 from bnnkit.models.registry import register_model
 
 
@@ -40,6 +40,7 @@ class ResNetImageNet(nn.Module):
     def __init__(self, layers: list[int], num_classes: int = 1000, *, estimator: Estimator = "reste",
                  a32: bool = False, scale: str = "tensor") -> None:
         super().__init__()
+        check_common_args(type(self).__name__, num_classes, a32)
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)

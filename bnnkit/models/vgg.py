@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bnnkit.estimators import Estimator
-from bnnkit.models.common import binary_conv3x3
+from bnnkit.models.common import binary_conv3x3, check_common_args
 from bnnkit.models.registry import register_model
 
 
@@ -18,6 +18,7 @@ class VGGSmall(nn.Module):
     def __init__(self, num_classes: int = 10, *, estimator: Estimator = "reste", a32: bool = False,
                  scale: str = "tensor") -> None:
         super().__init__()
+        check_common_args("vgg_small", num_classes, a32)
         self.conv0 = nn.Conv2d(3, 128, kernel_size=3, padding=1, bias=False)
         self.bn0 = nn.BatchNorm2d(128)
         widths = [128, 128, 256, 256, 512, 512]

@@ -8,7 +8,7 @@ from typing import Any
 
 from bnnkit.kernels.sign_grad import RESTE_M
 
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2
 
 AMP_DTYPES = {None: None, "bf16": "bfloat16", "fp16": "float16"}
 """``TrainConfig.amp`` values and the torch dtype (by name) autocast runs in."""
@@ -88,8 +88,8 @@ class TrainConfig:
         if not 0 <= cfg.warmup_epochs < cfg.epochs:
             raise ValueError(f"warm-up epochs (--warmup-epochs, {cfg.warmup_epochs} here) must be in [0, --epochs="
                              f"{cfg.epochs}); pass --warmup-epochs 0 for a short run")
-        if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-            raise ValueError(f"learning rate must be positive, got {cfg.lr}")
+        if not 0 < cfg.lr <= MAX_LR:  # also refuses nan
+            raise ValueError(f"learning rate (--lr) must be in (0, {MAX_LR:g}], got {cfg.lr}")
         if not (math.isfinite(cfg.t) and cfg.t > RESTE_M):
             raise ValueError(f"t (--t) must be a finite clipping threshold > {RESTE_M} (ReSTE's m), got {cfg.t}")
         if not (math.isfinite(cfg.o_end) and cfg.o_end >= 1):
@@ -98,6 +98,7 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {cfg.workers}")
         if cfg.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {', '.join(k for k in AMP_DTYPES if k)} or None, got {cfg.amp!r}")
+        _check_optimizer_and_model(cfg)
         return cfg
 
     def to_json(self) -> dict[str, Any]:
@@ -110,6 +111,39 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(names)}")
         return cls(**obj)
+
+
+MAX_LR = 10.0
+"""Largest learning rate accepted: beyond it SGD on these networks only diverges (and past
+float32's range the update itself overflows)."""
+
+
+def _check_optimizer_and_model(cfg: TrainConfig) -> None:
+    """The checks of :meth:`TrainConfig.resolved` on SGD's other values, the integers, and the
+    model: built on the meta device (no memory), its constructor checks its arguments, and
+    it must have a binary layer."""
+    import torch
+
+    from bnnkit import models
+    from bnnkit.nn.layers import binary_layers
+
+    for name in ("epochs", "batch_size", "warmup_epochs", "seed", "workers"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ValueError(f"seed (--seed) must be in [0, 2**63), got {cfg.seed}")
+    if not 0 <= cfg.momentum < 1:  # also refuses nan
+        raise ValueError(f"momentum (--momentum) must be in [0, 1), got {cfg.momentum}")
+    if not 0 <= cfg.weight_decay < 1:
+        raise ValueError(f"weight decay (--weight-decay) must be in [0, 1), got {cfg.weight_decay}")
+    if not isinstance(cfg.model_kwargs, dict):
+        raise ValueError(f"model arguments must be a dict, got {cfg.model_kwargs!r}")
+    with torch.device("meta"):
+        model = models.create(cfg.model, **cfg.model_kwargs)
+    if not any(True for _ in binary_layers(model)):
+        raise ValueError(f"model {cfg.model!r} with arguments {cfg.model_kwargs} has no binary layer; bnnkit trains "
+                         "binary networks")
 
 
 def lr_at(epoch: int, epochs: int, base_lr: float, warmup_epochs: int = 0) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -28,7 +28,7 @@ from bnnkit.data import DatasetSplits, load_dataset, make_loader
 from bnnkit.nn.layers import binary_layers
 from bnnkit.schedule import OSchedule
 from bnnkit.train import checkpoint as ckpt
-from bnnkit.train import distributed
+from bnnkit.train import distributed, rundir
 from bnnkit.train.config import AMP_DTYPES, TrainConfig, lr_at
 from bnnkit.train.distributed import DistributedContext
 from bnnkit.train.indicators import estimating_error, gradient_stability
@@ -150,23 +150,33 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1), **indicators}
 
 
-def _read_metrics(path: str, before_epoch: int) -> list[dict[str, Any]]:
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if r["epoch"] < before_epoch]
-
-
-def _check_resume_config(saved: dict[str, Any], config: TrainConfig) -> TrainConfig:
-    saved_cfg = TrainConfig.from_json(saved["train"])
+def _check_resume_config(saved: dict[str, Any], config: TrainConfig, run_dir: str) -> TrainConfig:
+    """The options the run in ``run_dir`` was started with (``saved``), after checking that
+    ``config`` asks for the same run; only where and how it runs may change."""
+    saved_cfg = TrainConfig.from_json(saved)
+    if saved_cfg.epochs != config.epochs:
+        raise ValueError(f"--resume cannot change --epochs: the run in {run_dir} has {saved_cfg.epochs} epochs, "
+                         f"asked {config.epochs}; its cosine learning-rate and o schedules are laid out over its "
+                         f"{saved_cfg.epochs} epochs (the learning rate reaches 0 at the end), so a longer run would "
+                         f"be neither that run nor a {config.epochs}-epoch one; start a new run with --epochs "
+                         f"{config.epochs}")
     mine = config.to_json()
-    ignore = {"progress", "workers", "device", "data_dir", "download", "sync_bn"}
+    # The run is the directory given, wherever it is now and however its path is spelled.
+    ignore = {"out", "progress", "workers", "device", "data_dir", "download", "sync_bn"}
     diffs = {k: (v, mine[k]) for k, v in saved_cfg.to_json().items() if k not in ignore and mine[k] != v}
     if diffs:
         listed = ", ".join(f"{k}: run has {a!r}, asked {b!r}" for k, (a, b) in diffs.items())
         raise ValueError(f"--resume continues the run as it was configured; these options differ: {listed}")
-    return config
+    return saved_cfg
+
+
+def _check_finite(row: dict[str, Any], epoch: int, config: TrainConfig) -> None:
+    """Stop a run whose loss became inf or nan (it cannot recover), rather than finish it silently."""
+    bad = ", ".join(f"{k} {row[k]}" for k in ("train_loss", "test_loss") if not math.isfinite(row[k]))
+    if bad:
+        raise ValueError(f"training diverged in epoch {epoch + 1}/{config.epochs} ({bad} at learning rate "
+                         f"{row['lr']:g}); the run keeps its files up to the epoch before; start a new run with a "
+                         "lower --lr")
 
 
 def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
@@ -181,6 +191,7 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResul
     run directory, logs and shows progress; each process returns the same metrics.
     """
     config = config.resolved()
+    rundir.check_destination(config.out, resume)
     with distributed.setup(resolve_device(config.device)) as context:
         return _train(config, context, resume, log if context.is_main else _silent)
 
@@ -192,14 +203,12 @@ def _silent(*args, **kwargs) -> None:
 def _train(config: TrainConfig, context: DistributedContext, resume: bool, log) -> TrainResult:
     run_dir = config.out
     device = context.device
-    main = context.is_main
     batch_size = context.local_batch_size(config.batch_size)
+    recorded = config  # the options config.json records: those the run was started with
     if resume:
-        saved = ckpt.read_json(os.path.join(run_dir, ckpt.CONFIG_FILE), "run config")
-        config = _check_resume_config(saved, config)
-    elif os.path.exists(os.path.join(run_dir, ckpt.CHECKPOINT_STATE_FILE)):
-        raise FileExistsError(f"{run_dir!r} already holds a training run; pass --resume to continue it "
-                              "or choose another --out")
+        saved = rundir.saved_options(run_dir)
+        if saved is not None:
+            recorded = _check_resume_config(saved, config, run_dir)
     info = models.model_info(config.model)
 
     def load() -> DatasetSplits:
@@ -219,29 +228,69 @@ def _train(config: TrainConfig, context: DistributedContext, resume: bool, log) 
     test_loader = make_loader(splits.test, max(batch_size, 256), shuffle=False, workers=config.workers,
                               sampler=distributed.eval_sampler(len(splits.test), context), pin_memory=pin)
 
-    if main:  # only now: a bad option or dataset leaves no directory behind
-        os.makedirs(run_dir, exist_ok=True)
+    with _claim_run_dir(run_dir, resume, context) as writer:  # only now: a bad option leaves no directory
+        return _train_epochs(config, recorded, context, writer, log, splits, model, optimizer, schedule,
+                             test_loader, batch_size, resume)
 
-    start_epoch, best = 0, {"test_acc": -1.0, "epoch": -1}
-    metrics_path = os.path.join(run_dir, ckpt.METRICS_FILE)
-    if resume:
-        progress_state = ckpt.load_checkpoint(run_dir, model, optimizer)
-        start_epoch = progress_state["epoch"] + 1
-        best = progress_state["best"]
-        log(f"resuming {run_dir} after epoch {progress_state['epoch']} (best test acc {best['test_acc']:.4f})")
-    history = _read_metrics(metrics_path, start_epoch)
-    context.barrier()  # every process has read the files before rank 0 rewrites them
-    if main:
-        with open(metrics_path, "w") as f:  # drop lines of epochs that did not reach a checkpoint
-            f.writelines(json.dumps(r) + "\n" for r in history)
+
+@contextlib.contextmanager
+def _claim_run_dir(run_dir: str, resume: bool, context: DistributedContext):
+    """Rank 0's :class:`rundir.RunWriter` (None on the other ranks), held for the block; when
+    rank 0 cannot take the directory every process stops."""
+    writer, error = None, None
+    if context.is_main:
+        try:
+            writer = rundir.RunWriter.claim(run_dir, resume=resume)
+        except (OSError, ValueError) as e:
+            error = e
+    if context.sum([error is not None])[0]:
+        raise error or FileExistsError(f"rank 0 could not take the run directory {run_dir!r} (see its error)")
+    try:
+        yield writer
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: DistributedContext,
+                  writer: rundir.RunWriter | None, log, splits: DatasetSplits, model: nn.Module,
+                  optimizer: torch.optim.Optimizer, schedule: OSchedule, test_loader, batch_size: int,
+                  resume: bool) -> TrainResult:
+    run_dir, device, main = config.out, context.device, context.is_main
+    pin = device.type == "cuda"
+
+    def config_json(best: dict[str, Any]) -> dict[str, Any]:
+        return ckpt.run_config(recorded, splits.input_shape, splits.num_classes, best)
+
+    start_epoch, best, history = 0, {"test_acc": -1.0, "epoch": -1}, []
+    best_state: dict[str, torch.Tensor] = {}
+    scaler_state = None
+    checkpoint = rundir.read_checkpoint_if_any(run_dir) if resume else None
+    if checkpoint is not None:
+        ckpt.load_state(model, checkpoint.model_state, os.path.join(run_dir, ckpt.CHECKPOINT_FILE))
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+        progress_state = checkpoint.progress
+        start_epoch, best, history = progress_state.epoch + 1, progress_state.best, list(progress_state.metrics)
+        best_state, scaler_state = checkpoint.best_state, progress_state.grad_scaler
+        done = (f"{run_dir} finished all {config.epochs} epochs already; nothing to train"
+                if start_epoch >= config.epochs else f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
+        log(f"{done} (best test accuracy {best['test_acc']:.4f} at epoch {best['epoch'] + 1})")
+    elif resume:
+        log(f"{run_dir} has no finished epoch: training from the beginning")
+    context.barrier()  # every process has read the checkpoint before rank 0 rewrites the files
+    if writer is not None:
+        if checkpoint is not None:
+            writer.restore(checkpoint, config_json(best), log)
+        else:
+            writer.start(config_json({}))
 
     train_model = context.wrap(model)
     precision = Precision.from_config(config, train_model, device)
-    if resume and precision.scaler is not None and "grad_scaler" in progress_state:
-        precision.scaler.load_state_dict(progress_state["grad_scaler"])
+    if precision.scaler is not None and scaler_state:
+        precision.scaler.load_state_dict(scaler_state)
     progress = config.progress and main
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
-                      disable=not progress, initial=start_epoch, total=config.epochs)
+                      disable=not progress or start_epoch >= config.epochs, initial=start_epoch, total=config.epochs)
     for epoch in epochs_bar:
         started = time.perf_counter()
         torch.manual_seed(context.rank_seed(epoch_seed(config.seed, epoch)))
@@ -258,20 +307,22 @@ def _train(config: TrainConfig, context: DistributedContext, resume: bool, log) 
         test_loss, test_acc = evaluate(model, test_loader, device, context)
         row = {"epoch": epoch, "lr": lr, "o": o, **stats, "test_loss": test_loss, "test_acc": test_acc,
                "time_s": time.perf_counter() - started, "world_size": context.world_size}
-        if test_acc > best["test_acc"]:
+        _check_finite(row, epoch, config)
+        new_best = test_acc > best["test_acc"]
+        if new_best:
             best = {"test_acc": test_acc, "epoch": epoch}
             if main:
-                ckpt.save_best(run_dir, model, ckpt.run_config(config, splits.input_shape, splits.num_classes, best))
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         row["best_test_acc"] = best["test_acc"]
-        if main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            scaler_state = {} if precision.scaler is None else {"grad_scaler": precision.scaler.state_dict()}
-            ckpt.save_checkpoint(run_dir, model, optimizer, {"epoch": epoch, "best": best, **scaler_state})
         history.append(row)
+        if writer is not None:
+            scaler = None if precision.scaler is None else precision.scaler.state_dict()
+            progress_now = ckpt.Progress(epoch, best, list(history), recorded.to_json(), scaler)
+            writer.save_epoch(model, optimizer, progress_now, best_state, config_json(best) if new_best else None)
         epochs_bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
                                best=f"{best['test_acc']:.4f}")
     epochs_bar.close()
-    log(f"best test accuracy {best['test_acc']:.4f} at epoch {best['epoch'] + 1}/{config.epochs}; run in {run_dir}")
+    log(f"best test accuracy {best['test_acc']:.4f} at epoch {best['epoch'] + 1}/{config.epochs}; model: "
+        f"{os.path.join(run_dir, ckpt.MODEL_FILE)}, metrics: {os.path.join(run_dir, ckpt.METRICS_FILE)}")
     return TrainResult(run_dir, best["test_acc"], best["epoch"], config.epochs, history,
                        context.rank, context.world_size)

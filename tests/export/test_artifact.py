@@ -257,7 +257,7 @@ def test_cli_export_and_summary(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "smaller" in printed and "model.onnx" in printed and f"bnnkit validate {out}" in printed
     assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "model.safetensors", "trained"]
-    assert sorted(os.listdir(os.path.join(out, "trained"))) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(os.path.join(out, "trained"))) == ["config.json", "model.safetensors", "run-manifest.json"]
     packed = load(out)
     from bnnkit.train import load_run
 

@@ -54,9 +54,9 @@ def _live_pickle(path, marker, *, torch_format=False):
     os.remove(probe)
 
 
-def _reseal(directory, rel):
+def _reseal(directory, rel, manifest="manifest.json"):
     """Recompute a file's checksum in the manifest, as an attacker who crafted it would."""
-    path = os.path.join(directory, "manifest.json")
+    path = os.path.join(directory, manifest)
     manifest = json.load(open(path))
     manifest["files"][rel] = sha256_file(os.path.join(directory, rel))
     with open(path, "w") as f:
@@ -334,6 +334,7 @@ def test_a_100x_larger_trained_copy_is_refused_before_allocating(export_dir):
     config = json.loads(config_path.read_text())
     config["model_kwargs"]["hidden"] = 100 * config["model_kwargs"]["hidden"]
     config_path.write_text(json.dumps(config))
+    _reseal(export_dir / "trained", "config.json", manifest="run-manifest.json")  # as an attacker would
     lines, seconds, growth = _measure("from bnnkit.train import load_run",
                                       f"load_run({str(export_dir / 'trained')!r})")
     assert "REFUSED" in lines and "differ at" in lines["REFUSED"], lines
@@ -383,9 +384,9 @@ def test_overwrite_swaps_in_one_step(tmp_path):
 def test_scratch_of_a_killed_writer_is_removed_on_the_next_start(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
-    scratch = tmp_path / f".out.{pid}.abc123.staging"
+    scratch = tmp_path / f".out.{pid}.abc123.tmp"
     (scratch / "new").mkdir(parents=True)
-    mine = tmp_path / f".out.{os.getpid()}.live.staging"
+    mine = tmp_path / f".out.{os.getpid()}.live.tmp"
     mine.mkdir()
     with staged_directory(str(tmp_path / "out")) as staging:
         os.mkdir(staging)

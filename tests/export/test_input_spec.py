@@ -52,19 +52,6 @@ def test_a_malformed_spec_in_a_manifest_names_the_field(digits_artifact, tmp_pat
         bnnkit.export.load(bad)
 
 
-def test_a_run_from_before_specs_exports_with_its_datasets_spec(digits_artifact, tmp_path):
-    run = tmp_path / "old-run"
-    shutil.copytree(digits_artifact / "trained", run)
-    config = json.loads((run / "config.json").read_text())
-    del config["input_spec"]
-    (run / "config.json").write_text(json.dumps(config))
-    exported = bnnkit.export.export_run(run, tmp_path / "exp")
-    assert exported.packed.input_spec == dataset_input_spec("digits")
-    trained = json.loads((tmp_path / "exp" / "trained" / "config.json").read_text())
-    assert trained["input_spec"] == dataset_input_spec("digits").to_json()
-    assert bnnkit.train.load_run(str(tmp_path / "exp" / "trained"))[1]["model"] == "digits_mlp"
-
-
 class _Custom(torch.nn.Module):
     """A model outside the zoo."""
 
