@@ -3,8 +3,8 @@
 - ``estimators-accuracy.png``: per model, the best and the final test accuracy of every seed
   for each estimator, with the mean and one standard deviation.
 - ``estimators-tradeoff.png``: per model, ReSTE's estimating error against its gradient
-  stability over training (means over seeds, one point per epoch), one curve per o_end: the
-  paper's trade-off figure.
+  stability over training (medians over seeds, one point per epoch: one seed's unstable epoch
+  would dominate a mean), one curve per o_end: the paper's trade-off figure.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 from bnnkit.artifacts import atomic_path
 
 from .estimators import Arm, StudySpec
-from .report import epoch_means
 
 ACCURACY_PNG = "estimators-accuracy.png"
 TRADEOFF_PNG = "estimators-tradeoff.png"
@@ -31,6 +30,11 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def epoch_medians(runs: list[dict[str, Any]], field: str) -> list[float]:
+    """The median over ``runs`` of ``field`` at each epoch."""
+    return [statistics.median(values) for values in zip(*(r["epochs"][field] for r in runs))]
 
 
 def _runs(record: dict[str, Any], model: str, arm: Arm) -> list[dict[str, Any]]:
@@ -81,14 +85,14 @@ def tradeoff_figure(record: dict[str, Any], path: str) -> str:
             runs = _runs(record, model, arm)
             if not runs:
                 continue
-            error, stability = epoch_means(runs, "estimating_error"), epoch_means(runs, "gradient_stability")
+            error, stability = epoch_medians(runs, "estimating_error"), epoch_medians(runs, "gradient_stability")
             color = colors(i / max(len(arms) - 1, 1))
             ax.plot(stability, error, "-o", markersize=2.5, color=color, label=f"o_end = {arm.o_end:g}")
             ax.plot(stability[-1], error[-1], "*", markersize=11, color=color)
         ax.set_xscale("log")
         ax.set_xlabel("gradient stability: sum of var(|grad w|) (log)")
         ax.set_ylabel("estimating error: sum of ||f_o_end(w) - sign(w)||")
-        ax.set_title(f"{model}: ReSTE over training (star: last epoch)")
+        ax.set_title(f"{model}: ReSTE over training (median of {spec.seeds} seeds; star: last epoch)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(plt, fig, path)

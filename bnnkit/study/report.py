@@ -38,15 +38,11 @@ def spread(values: list[float]) -> dict[str, float]:
             "min": min(values), "max": max(values)}
 
 
-def epoch_means(runs: list[dict[str, Any]], field: str) -> list[float]:
-    """The mean over ``runs`` of ``field`` at each epoch."""
-    return [statistics.fmean(values) for values in zip(*(r["epochs"][field] for r in runs))]
-
-
 def summarize(record: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (model, arm), in the spec's order: the seeds, the final and best test
-    accuracy over seeds (:func:`spread`), and the indicators averaged over seeds: the run's
-    mean estimating error and total gradient stability, and both at the last epoch."""
+    accuracy over seeds (:func:`spread`), the run's mean estimating error and total gradient
+    stability averaged over seeds, and the median of the per-epoch gradient stability over
+    all seeds and epochs (robust to the single epochs whose last step has a huge variance)."""
     spec = StudySpec.from_json(record["spec"])
     rows = []
     for model in spec.models:
@@ -60,8 +56,8 @@ def summarize(record: dict[str, Any]) -> list[dict[str, Any]]:
                 "best": spread([r["best_test_acc"] for r in runs]),
                 "mean_estimating_error": statistics.fmean(r["mean_estimating_error"] for r in runs),
                 "total_gradient_stability": statistics.fmean(r["total_gradient_stability"] for r in runs),
-                "last_estimating_error": epoch_means(runs, "estimating_error")[-1],
-                "last_gradient_stability": epoch_means(runs, "gradient_stability")[-1],
+                "median_gradient_stability": statistics.median(
+                    v for r in runs for v in r["epochs"]["gradient_stability"]),
             })
     return rows
 
@@ -74,12 +70,12 @@ def _pct(s: dict[str, float]) -> str:
 def table(record: dict[str, Any]) -> str:
     """The Markdown table of :func:`summarize`."""
     lines = ["| model | estimator | final test acc. % | best test acc. % | mean est. error | total grad. stability "
-             "| last-epoch est. error / grad. stability |",
+             "| grad. stability, median epoch |",
              "|---|---|---|---|---|---|---|"]
     for r in summarize(record):
         lines.append(f"| {r['model']} | {r['arm'].label} | {_pct(r['final'])} | {_pct(r['best'])} "
                      f"| {r['mean_estimating_error']:.3g} | {r['total_gradient_stability']:.3g} "
-                     f"| {r['last_estimating_error']:.3g} / {r['last_gradient_stability']:.3g} |")
+                     f"| {r['median_gradient_stability']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,8 +90,9 @@ def section(record: dict[str, Any]) -> str:
             f"{record['commit'][:10]}; {versions}; {len(record['runs'])} runs in {record['wall_s'] / 60:.1f} min. "
             f"Recipe: {spec.epochs} epoch{'s' if spec.epochs > 1 else ''} of batch {spec.batch_size}, SGD lr {spec.lr:g} (momentum "
             f"{spec.momentum:g}, weight decay {spec.weight_decay:g}), {warmup}{spec.lr_schedule} lr schedule, "
-            f"t = {spec.t:g}; seeds 0-{spec.seeds - 1}. Accuracy: mean ± std (min-max) over seeds; indicators: "
-            f"means over seeds.\n\n" + table(record))
+            f"t = {spec.t:g}; seeds 0-{spec.seeds - 1}. Accuracy: mean ± std (min-max) over seeds; the run's mean "
+            f"estimating error and total gradient stability: means over seeds; the last column: median over seeds "
+            f"and epochs.\n\n" + table(record))
 
 
 def replace_section(readme: str, body: str) -> str:
