@@ -109,12 +109,13 @@ def generate(results_dir: str) -> str:
     return "\n".join(device_section(doc) for doc in docs)
 
 
-def replace_section(readme: str, body: str) -> str:
-    """``readme`` with the text between :data:`BEGIN` and :data:`END` replaced by ``body``."""
-    start, end = readme.find(BEGIN), readme.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"the README has no '{BEGIN}' ... '{END}' section to write the table into")
-    return readme[:start + len(BEGIN)] + "\n" + body + readme[end:]
+def replace_section(readme: str, body: str, *, begin: str = BEGIN, end: str = END) -> str:
+    """``readme`` with the text between the markers ``begin`` and ``end`` (default: the
+    performance table's) replaced by ``body``."""
+    start, stop = readme.find(begin), readme.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"the README has no '{begin}' ... '{end}' section to write the table into")
+    return readme[:start + len(begin)] + "\n" + body + readme[stop:]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,6 @@ import dataclasses
 import fnmatch
 import importlib
 import math
-import os
 import pkgutil
 import sys
 import time

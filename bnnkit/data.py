@@ -6,9 +6,11 @@
 - ``cifar10``: CIFAR-10 from ``data_dir`` (its binary version, or the python version read
   without unpickling: :mod:`bnnkit.cifar10`; ``download=True`` fetches the binary version);
   the paper's augmentation: random crop 32 with zero padding 4 + horizontal flip; pixels
-  ``/ 255`` then normalized per channel.
+  ``/ 255`` then normalized, as the reference code does, with the ImageNet mean/std
+  (:data:`CIFAR10_MEAN` / :data:`CIFAR10_STD`).
 - ``imagefolder``: ``data_dir/train`` and ``data_dir/val`` class folders (ImageNet layout):
-  random resized crop 224 + flip for training, resize 256 + center crop 224 for testing.
+  random resized crop 224 with the reference code's area range (0.08, 1.25)
+  (:data:`IMAGENET_CROP_SCALE`) + flip for training, resize 256 + center crop 224 for testing.
 - ``synthetic``: random inputs of a given shape labelled by a fixed random linear rule, so it
   is learnable; for tests and smoke runs.
 
@@ -30,16 +32,18 @@ from bnnkit.inputs import InputSpec
 
 DATASETS = ("digits", "cifar10", "imagefolder", "synthetic")
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The reference code normalizes CIFAR-10 with the ImageNet statistics, not CIFAR-10's own
+# ((0.4914, 0.4822, 0.4465) / (0.2470, 0.2435, 0.2616)): its checkpoints expect these inputs.
+CIFAR10_MEAN = IMAGENET_MEAN
+CIFAR10_STD = IMAGENET_STD
 
 # The recipes' geometry (torchvision's parameter names): CIFAR-10 RandomCrop(32, padding=4);
 # ImageNet RandomResizedCrop(224, scale, ratio) for training, Resize(256) + CenterCrop(224) for testing.
 CIFAR10_CROP_PADDING = 4
 IMAGENET_TRAIN_CROP = 224
-IMAGENET_CROP_SCALE = (0.08, 1.0)
+IMAGENET_CROP_SCALE = (0.08, 1.25)  # the reference code's area range (torchvision's default: (0.08, 1.0))
 IMAGENET_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 IMAGENET_RESIZE = 256
 IMAGENET_CROP = 224

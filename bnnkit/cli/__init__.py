@@ -9,7 +9,7 @@ import sys
 from bnnkit.artifacts import ArtifactError
 from bnnkit.version import __version__
 
-COMMANDS = ("train", "summary", "demo", "export", "validate", "predict", "plot", "bench")
+COMMANDS = ("train", "summary", "demo", "export", "validate", "predict", "plot", "bench", "study")
 
 # Errors caused by what the user asked for: shown as one line, without a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError,

@@ -9,12 +9,18 @@ from bnnkit.data import DATASETS
 from bnnkit.estimators import list_estimators
 from bnnkit.kernels.weight_binarize import SCALE_MODES
 from bnnkit.models import list_models
-from bnnkit.train.config import DATASET_DEFAULTS, TrainConfig
+from bnnkit.train.config import DATASET_DEFAULTS, LR_SCHEDULES, MODEL_RECIPES, TrainConfig
 
 
 def _defaults_text() -> str:
-    return "; ".join(f"{name}: {d.epochs} epochs, batch {d.batch_size}, warm-up {d.warmup_epochs}"
-                     for name, d in DATASET_DEFAULTS.items())
+    groups: dict[tuple[str, object], list[str]] = {}
+    for (model, dataset), recipe in MODEL_RECIPES.items():
+        groups.setdefault((dataset, recipe), []).append(model)
+    models = "; ".join(f"{', '.join(names)} on {dataset}: {recipe.describe()}"
+                       for (dataset, recipe), names in groups.items())
+    datasets = "; ".join(f"{name}: {r.describe()}" for name, r in DATASET_DEFAULTS.items())
+    return f"Recipes (the paper's, as its reference code trains them; bnnkit's for digits): {models}. Any other " \
+           f"model on a dataset: {datasets}"
 
 
 def _model_arg(text: str) -> tuple[str, object]:
@@ -33,11 +39,11 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model with ReSTE",
         description="Train a zoo model with the ReSTE recipe of the paper (SGD with momentum, cosine learning "
-                    "rate with optional linear warm-up, cosine o schedule). Writes DIR/metrics.jsonl, "
-                    "DIR/model.safetensors (best test accuracy), DIR/config.json, DIR/checkpoint.safetensors for "
-                    "--resume and DIR/run-manifest.json (their sha256), each file replaced in one rename: a run "
-                    "killed at any instant resumes exactly. One trainer at a time holds DIR. "
-                    f"Per-dataset defaults: {_defaults_text()}. "
+                    "rate as the reference code sets it or a clean warm-up + cosine, cosine o schedule). Writes "
+                    "DIR/metrics.jsonl, DIR/model.safetensors (best test accuracy), DIR/config.json, "
+                    "DIR/checkpoint.safetensors for --resume and DIR/run-manifest.json (their sha256), each file "
+                    "replaced in one rename: a run killed at any instant resumes exactly. One trainer at a time holds "
+                    f"DIR. {_defaults_text()}. "
                     "Under torchrun (torchrun --nproc_per_node N -m bnnkit train ...) every process trains "
                     "data-parallel with DistributedDataParallel and rank 0 writes the run.",
     )
@@ -49,16 +55,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-dir", default=None, metavar="D", help="directory of cifar10 / imagefolder data")
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR-10 into --data-dir")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
-    p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: per dataset)")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: per recipe)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="training batch size (default: per dataset); under torchrun the global batch, split "
+                   help="training batch size (default: per recipe); under torchrun the global batch, split "
                         "evenly across the processes (so it must be a multiple of their number)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of SGD, in (0, 10] (default 0.1)")
     p.add_argument("--momentum", type=float, default=None, help="SGD momentum, in [0, 1) (default 0.9)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="weight decay on all parameters, in [0, 1) (default 1e-4)")
     p.add_argument("--warmup-epochs", type=int, default=None,
-                   help="linear warm-up epochs before cosine annealing (default: 5 for cifar10, else 0)")
+                   help="linear warm-up epochs before cosine annealing (default: per recipe, 5 for cifar10, else 0; "
+                        "the reference schedule takes 0 or 5)")
+    p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
+                   help="reference: the learning rates the reference code sets (its 5-epoch warm-up, then torch's "
+                        "CosineAnnealingLR(T_max=epochs-4) created with last_epoch=-5 and stepped from epoch 4: the "
+                        "lr rises above --lr for 3 epochs after the warm-up, e.g. to 2x --lr on a 12-epoch run); "
+                        "cosine: linear warm-up, then cosine from --lr to 0 (default: per recipe, reference for "
+                        "cifar10 and imagefolder, cosine for digits and synthetic)")
     p.add_argument("--o-end", type=float, default=None,
                    help="final o of ReSTE's cosine o schedule, from 1 at epoch 0 (default 3)")
     p.add_argument("--t", type=float, default=None, help="ReSTE clipping threshold t > 0.1 (default 1.5)")
@@ -96,7 +109,8 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     cfg["out"] = args.out
     names = {"model": "model", "dataset": "dataset", "data_dir": "data_dir", "download": "download",
              "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
-             "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "o_end": "o_end", "t": "t",
+             "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "lr_schedule": "lr_schedule",
+             "o_end": "o_end", "t": "t",
              "seed": "seed", "device": "device", "workers": "workers", "amp": "amp", "compile": "compile",
              "sync_bn": "sync_bn"}
     for arg, field in names.items():

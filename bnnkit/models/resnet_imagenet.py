@@ -9,7 +9,6 @@ also accepts other sizes.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bnnkit.estimators import Estimator

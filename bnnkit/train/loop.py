@@ -1,4 +1,5 @@
-"""The training loop: the paper's recipe (SGD, cosine LR with optional warm-up, o schedule).
+"""The training loop: the paper's recipe (SGD; the reference code's learning rates or a clean
+warm-up + cosine, see :func:`bnnkit.train.config.lr_at`; ReSTE's o schedule).
 
 Every epoch is a pure function of (seed, epoch, state at its start): the shuffling order and
 the random augmentations are seeded from ``(seed, epoch)``, so ``--resume`` from the
@@ -31,7 +32,7 @@ from bnnkit.train import checkpoint as ckpt
 from bnnkit.train import distributed, rundir
 from bnnkit.train.config import AMP_DTYPES, TrainConfig, lr_at
 from bnnkit.train.distributed import DistributedContext
-from bnnkit.train.indicators import estimating_error, gradient_stability
+from bnnkit.train.indicators import estimating_error_tensor, gradient_stability_tensor, run_indicators
 
 
 @dataclasses.dataclass
@@ -43,6 +44,9 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     rank: int = 0
     world_size: int = 1
+    indicators: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The run's ``mean_estimating_error`` and ``total_gradient_stability`` (see
+    :func:`bnnkit.train.indicators.run_indicators`), also in ``config.json``."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,21 +100,35 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
 
+PROGRESS_EVERY = 50
+"""With a progress bar, the running loss is read to the host (one sync) every this many steps."""
+
+
+def _read_totals(values: list[torch.Tensor]) -> list[float]:
+    """One host read for several 0-d device tensors."""
+    return torch.stack([v.double() for v in values]).tolist()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device,
              context: DistributedContext | None = None) -> tuple[float, float]:
     """``(mean cross-entropy, top-1 accuracy in [0, 1])`` of ``model`` in eval mode; with a
-    distributed ``context`` each process passes its share of the set and gets the totals."""
+    distributed ``context`` each process passes its share of the set and gets the totals.
+    Sums stay on the device; the host reads them once, at the end."""
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         out = model(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(dim=1) == y).sum().item()
+        loss_sum += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(dim=1) == y).sum()
         count += y.numel()
+    totals = _read_totals([loss_sum, correct]) + [count]
     if context is not None:
-        loss_sum, correct, count = context.sum([loss_sum, correct, count])
+        totals = context.sum(totals)
+    loss_sum, correct, count = totals
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
@@ -120,13 +138,21 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     """One pass over ``loader``; indicators are taken at the last iteration (after its step),
     as the reference code logs them. With a distributed ``context`` loss and accuracy are
     over the samples of all processes (the indicators are the same on every process).
-    ``precision``: autocast / loss scaling / compiled forward (default: float32, eager)."""
+    ``precision``: autocast / loss scaling / compiled forward (default: float32, eager).
+
+    No step reads a tensor to the host: loss, accuracy and indicators accumulate on the
+    device and are read once, at the end of the epoch (with a progress bar, also the running
+    loss every :data:`PROGRESS_EVERY` steps)."""
     model.train()
     precision = precision or Precision(model)
-    loss_sum, correct, count = 0.0, 0, 0
-    indicators = {"estimating_error": float("nan"), "gradient_stability": float("nan")}
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=device)
+    indicators = [nan, nan]
     n = len(loader)
-    for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress)):
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for i, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with precision.autocast():
             out = precision.forward(x)
@@ -139,15 +165,18 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             precision.scaler.scale(loss).backward()
             precision.scaler.step(optimizer)
             precision.scaler.update()
-        loss_sum += loss.item() * y.numel()
-        correct += (out.detach().argmax(dim=1) == y).sum().item()
+        loss_sum += loss.detach() * y.numel()
+        correct += (out.detach().argmax(dim=1) == y).sum()
         count += y.numel()
         if i == n - 1:
-            indicators = {"estimating_error": estimating_error(model, o_end),
-                          "gradient_stability": gradient_stability(model)}
+            indicators = [estimating_error_tensor(model, o_end), gradient_stability_tensor(model)]
+        if progress and (i + 1) % PROGRESS_EVERY == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / count:.3f}")
+    loss_sum, correct, *indicators = _read_totals([loss_sum, correct, *indicators])
     if context is not None:
         loss_sum, correct, count = context.sum([loss_sum, correct, count])
-    return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1), **indicators}
+    return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
+            "estimating_error": indicators[0], "gradient_stability": indicators[1]}
 
 
 def _check_resume_config(saved: dict[str, Any], config: TrainConfig, run_dir: str) -> TrainConfig:
@@ -288,13 +317,18 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
     precision = Precision.from_config(config, train_model, device)
     if precision.scaler is not None and scaler_state:
         precision.scaler.load_state_dict(scaler_state)
+    peak_lr = max(lr_at(e, config.epochs, config.lr, config.warmup_epochs, config.lr_schedule)
+                  for e in range(config.epochs))
+    if peak_lr > 1.05 * config.lr:
+        log(f"note: on {config.epochs} epochs the reference learning-rate schedule peaks at {peak_lr:.4g}, above "
+            f"--lr {config.lr:g}, as the reference code's does; --lr-schedule cosine does not overshoot")
     progress = config.progress and main
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
                       disable=not progress or start_epoch >= config.epochs, initial=start_epoch, total=config.epochs)
     for epoch in epochs_bar:
         started = time.perf_counter()
         torch.manual_seed(context.rank_seed(epoch_seed(config.seed, epoch)))
-        lr = lr_at(epoch, config.epochs, config.lr, config.warmup_epochs)
+        lr = lr_at(epoch, config.epochs, config.lr, config.warmup_epochs, config.lr_schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         o = schedule.step(epoch)
@@ -314,6 +348,7 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
             if main:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         row["best_test_acc"] = best["test_acc"]
+        row.update(run_indicators([*history, row]))  # the run's so far, as the reference reports them at its end
         history.append(row)
         if writer is not None:
             scaler = None if precision.scaler is None else precision.scaler.state_dict()
@@ -322,7 +357,10 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
         epochs_bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
                                best=f"{best['test_acc']:.4f}")
     epochs_bar.close()
-    log(f"best test accuracy {best['test_acc']:.4f} at epoch {best['epoch'] + 1}/{config.epochs}; model: "
-        f"{os.path.join(run_dir, ckpt.MODEL_FILE)}, metrics: {os.path.join(run_dir, ckpt.METRICS_FILE)}")
+    indicators = run_indicators(history)
+    log(f"best test accuracy {best['test_acc']:.4f} at epoch {best['epoch'] + 1}/{config.epochs}; mean estimating "
+        f"error {indicators['mean_estimating_error']:.4g}, total gradient stability "
+        f"{indicators['total_gradient_stability']:.4g}; model: {os.path.join(run_dir, ckpt.MODEL_FILE)}, metrics: "
+        f"{os.path.join(run_dir, ckpt.METRICS_FILE)}")
     return TrainResult(run_dir, best["test_acc"], best["epoch"], config.epochs, history,
-                       context.rank, context.world_size)
+                       context.rank, context.world_size, indicators)
