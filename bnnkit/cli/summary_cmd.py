@@ -57,13 +57,14 @@ def run(args: argparse.Namespace) -> int:
         shape = tuple(args.input_shape)
     summary = summarize(model, shape)
     packed_line = None
+    spec = _recorded_spec(os.path.join(args.run_dir, "config.json"), "run config") if args.run_dir else None
     if args.run_dir is not None:
         from bnnkit.export.runtime.sizes import measured_artifact_bytes
 
-        measured = measured_artifact_bytes(model, {"name": config["model"], "kwargs": config["model_kwargs"]}, shape)
+        measured = measured_artifact_bytes(model, {"name": config["model"], "kwargs": config["model_kwargs"]}, shape,
+                                           spec if spec is not None and spec.shape == shape else None)
         packed_line = {"artifact_bytes": measured, "fp32_state_dict_bytes": summary_fp32_state(model),
                        "compression": summary_fp32_state(model) / measured}
-    spec = _recorded_spec(os.path.join(args.run_dir, "config.json"), "run config") if args.run_dir else None
     if args.json:
         print(json.dumps({"model": title, **summary.to_json(), **({"packed_artifact": packed_line} if packed_line
                                                                    else {}),

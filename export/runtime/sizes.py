@@ -35,11 +35,11 @@ def artifact_bytes(directory: str, tensor_file: str = "model.safetensors") -> in
 
 
 def measured_artifact_bytes(model: nn.Module, architecture: dict[str, Any] | None,
-                            input_shape: tuple[int, ...]) -> int:
+                            input_shape: tuple[int, ...], input_spec=None) -> int:
     """Pack ``model`` and write its artifact to a temporary directory: the bytes on disk."""
     from ..packing import pack
 
-    packed = pack(model, architecture=architecture, input_shape=input_shape)
+    packed = pack(model, architecture=architecture, input_shape=input_shape, input_spec=input_spec)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "artifact")
         packed.save(out)

@@ -451,3 +451,21 @@ def test_a_killed_export_leaves_the_old_state_or_the_new(two_runs, tmp_path):
         shutil.rmtree(out)
     assert subprocess.run(_export_cmd(two_runs[0], out), env=env, capture_output=True).returncode == 0
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def test_resume_never_unpickles_a_crafted_checkpoint(two_runs, tmp_path, capsys):
+    """``--resume`` reads the checkpoint through safetensors only: a pickle in its place (the
+    run manifest resealed) is refused, and a model file swapped for one is refused by load_run."""
+    run = tmp_path / "run"
+    shutil.copytree(two_runs[0], run)
+    marker = tmp_path / "ran"
+    _live_pickle(run / "checkpoint.safetensors", marker, torch_format=True)
+    _reseal(run, "checkpoint.safetensors", manifest="run-manifest.json")
+    code, _, err = _cli(["train", "--model", "digits_mlp", "--dataset", "synthetic", "--out", str(run),
+                         "--epochs", "1", "--model-arg", "hidden=32", "--resume", "--no-progress"], capsys)
+    assert code == 2 and "Traceback" not in err and "checkpoint" in err
+    _live_pickle(run / "model.safetensors", marker, torch_format=True)
+    _reseal(run, "model.safetensors", manifest="run-manifest.json")
+    code, _, err = _cli(["summary", str(run)], capsys)
+    assert code == 2 and "not a readable safetensors file" in err
+    assert not marker.exists()
