@@ -237,8 +237,8 @@ def check_destination(directory: str, overwrite: bool) -> None:
         if not os.path.isdir(directory) or os.path.islink(directory):
             raise FileExistsError(f"{directory!r} exists and is not a directory; choose another path")
         if os.listdir(directory) and not overwrite:
-            raise FileExistsError(f"{directory!r} already exists and is not empty; pass overwrite=True "
-                                  "(--overwrite) to replace it")
+            raise FileExistsError(f"{directory!r} already exists and is not empty; pass --overwrite (overwrite=True in "
+                                  "Python) to replace it")
 
 
 @contextlib.contextmanager

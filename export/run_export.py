@@ -70,7 +70,7 @@ def _check_destination(run_dir: str, out: str, overwrite: bool) -> None:
     if not os.path.lexists(out) or (os.path.isdir(out) and not os.listdir(out)):
         return
     if not overwrite:
-        raise FileExistsError(f"{out!r} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{out!r} already exists; pass --overwrite (overwrite=True in Python) to replace it")
     if not os.path.isdir(out) or not is_packed_artifact(out):
         raise FileExistsError(f"refusing to replace {out!r}: it is not an export directory (no bnnkit manifest.json); "
                               "--overwrite replaces only an earlier export or an empty directory")

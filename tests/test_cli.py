@@ -157,3 +157,16 @@ def test_resume_of_a_run_killed_before_its_config_starts_from_the_beginning(tmp_
     assert out.count("best test accuracy") == 1  # one final line
     assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0  # options from the run itself
     assert "finished all 1 epochs already" in capsys.readouterr().out
+
+
+def test_an_interrupted_train_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    import bnnkit.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bnnkit.train, "train", interrupted)
+    out = str(tmp_path / "run")
+    assert main(["train", "--model", "digits_mlp", "--dataset", "synthetic", "--out", out, "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"bnnkit train: interrupted; the epochs finished so far are saved in {out}" in err and "--resume" in err

@@ -41,5 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnnkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"bnnkit {args.command}: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command == "train":
+            hint = (f"; the epochs finished so far are saved in {args.out}: run the same command with --resume "
+                    "to continue")
+        print(f"bnnkit {args.command}: interrupted{hint}", file=sys.stderr)
         return 130

@@ -42,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     config.resolved()  # a bad option stops here, before any directory or output
     if args.out is not None:
         check_writable(args.out, "--out", directory=True)
+        for marker, what in (("config.json", "a training run"), ("manifest.json", "an export directory")):
+            if os.path.isfile(os.path.join(args.out, marker)):
+                raise FileExistsError(f"--out {args.out!r} is {what}; the demo writes run/, export/ and digits/ into "
+                                      "--out: choose a new or empty directory")
         for existing in ("run", "export", "digits"):
             if os.path.exists(os.path.join(args.out, existing)):
                 raise FileExistsError(f"{os.path.join(args.out, existing)!r} already exists (an earlier demo?); "

@@ -43,7 +43,7 @@ def add_parser(subparsers) -> None:
     est.add_argument("--seeds", type=int, default=spec.seeds, help=f"seeds per arm, 0..N-1 (default {spec.seeds})")
     est.add_argument("--epochs", type=int, default=spec.epochs, help=f"epochs per run (default {spec.epochs})")
     est.add_argument("--batch-size", type=int, default=spec.batch_size, help=f"default {spec.batch_size}")
-    est.add_argument("--warmup-epochs", type=int, default=spec.warmup_epochs,
+    est.add_argument("--warmup-epochs", type=int, default=None,
                      help=f"the reference schedule's warm-up, 0 or 5 (default {spec.warmup_epochs}; 0 for runs of "
                           "5 epochs or fewer)")
     est.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
@@ -68,13 +68,23 @@ def add_parser(subparsers) -> None:
     plot.set_defaults(run=run_plot)
 
 
+def _warmup(args: argparse.Namespace) -> int:
+    """The warm-up asked for, else the study's (5), else 0 for runs too short to hold it."""
+    from bnnkit.study.estimators import StudySpec
+    from bnnkit.train.config import REFERENCE_WARMUP_EPOCHS
+
+    if args.warmup_epochs is not None:
+        return args.warmup_epochs
+    return StudySpec().warmup_epochs if args.epochs > REFERENCE_WARMUP_EPOCHS else 0
+
+
 def run_estimators(args: argparse.Namespace) -> int:
     from bnnkit.study import report
     from bnnkit.study.estimators import RECORD_FILE, StudySpec, run_study, write_record
 
     spec = StudySpec(models=tuple(args.models), estimators=tuple(args.estimators), o_ends=tuple(args.o_ends),
                      seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,
-                     warmup_epochs=args.warmup_epochs).check()
+                     warmup_epochs=_warmup(args)).check()
     record = run_study(spec, jobs=args.jobs, device=args.device,
                        runs_dir=os.path.join(args.out, "runs") if args.keep_runs else None)
     path = os.path.join(args.out, RECORD_FILE)

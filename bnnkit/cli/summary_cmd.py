@@ -94,7 +94,8 @@ def _spec_text(spec, *, run: bool) -> str:
         return spec.to_text()
     if run:
         return "input spec: none recorded (a run from before input specs; bnnkit export records its dataset's)"
-    return "input spec: none recorded (bnnkit predict needs one: export the run again with this bnnkit)"
+    return ("input spec: none recorded (bnnkit predict needs one: pass input_spec= to bnnkit.export.pack, or "
+            "export a training run with bnnkit export)")
 
 
 def summary_fp32_state(model) -> int:

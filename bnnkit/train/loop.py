@@ -186,7 +186,7 @@ def _check_resume_config(saved: dict[str, Any], config: TrainConfig, run_dir: st
     if saved_cfg.epochs != config.epochs:
         raise ValueError(f"--resume cannot change --epochs: the run in {run_dir} has {saved_cfg.epochs} epochs, "
                          f"asked {config.epochs}; its cosine learning-rate and o schedules are laid out over its "
-                         f"{saved_cfg.epochs} epochs (the learning rate reaches 0 at the end), so a longer run would "
+                         f"{saved_cfg.epochs} epochs (the learning rate anneals toward 0 at the end), so a longer run would "
                          f"be neither that run nor a {config.epochs}-epoch one; start a new run with --epochs "
                          f"{config.epochs}")
     mine = config.to_json()

@@ -159,6 +159,10 @@ def test_demo_refuses_an_earlier_demo_directory(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--no-progress"]) == 2
     assert "already exists (an earlier demo?); choose another --out" in capsys.readouterr().err
+    (tmp_path / "run").rmdir()
+    (tmp_path / "config.json").write_text("{}")  # a training run: the demo would write inside it
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--no-progress"]) == 2
+    assert "is a training run" in capsys.readouterr().err and os.listdir(tmp_path) == ["config.json"]
 
 
 def test_demo_trains_exports_and_validates(tmp_path, capsys):
