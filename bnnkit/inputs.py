@@ -146,9 +146,6 @@ class InputSpec:
     def class_name(self, index: int) -> str:
         return self.class_names[index] if self.class_names is not None else str(index)
 
-    def with_class_names(self, names: list[str] | tuple[str, ...] | None) -> InputSpec:
-        return dataclasses.replace(self, class_names=None if names is None else tuple(names))
-
     # --- applying it ----------------------------------------------------------------------
     def normalize(self, raw: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw inputs ``(N, *shape)`` (any real dtype) -> the model's float32 inputs ``(N, *shape)``."""

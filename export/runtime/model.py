@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from bnnkit.artifacts import ArtifactError, read_artifact, staged_directory, write_artifact_files
+from bnnkit.artifacts import read_artifact, staged_directory, write_artifact_files
 
 from .graph_format import build_graph_module, check_tensor_table, describe_graph_module
 from .layers import PackedLayer
@@ -160,10 +160,6 @@ def load(directory: str | os.PathLike) -> PackedModel:
     body = build_graph_module(manifest["graph"], tensors, f"manifest of {directory!r}")
     check_layers(manifest, {name: m.encoding() for name, m in body.named_modules() if isinstance(m, PackedLayer)},
                  directory)
-    try:
-        architecture = _check_architecture(manifest["architecture"])
-    except ValueError as e:
-        raise ArtifactError(f"manifest of {directory!r}: architecture: {e}") from None
-    return PackedModel(body, architecture=architecture, input_shape=manifest["input_shape"],
+    return PackedModel(body, architecture=manifest["architecture"], input_shape=manifest["input_shape"],
                        fp32_state_bytes=manifest["fp32_state_dict_bytes"], layers=manifest["layers"],
                        input_spec=manifest.get("input_spec"))

@@ -365,9 +365,10 @@ def test_a_directory_that_appears_meanwhile_is_never_replaced(tmp_path):
     with pytest.raises(FileExistsError, match="by another writer"):
         with staged_directory(str(target)) as staging:
             os.mkdir(staging)
-            (pathlib_write := (lambda p, t: open(p, "w").write(t)))(os.path.join(staging, "mine"), "a")
-            os.mkdir(target)
-            pathlib_write(target / "theirs", "b")
+            with open(os.path.join(staging, "mine"), "w") as f:
+                f.write("a")
+            target.mkdir()
+            (target / "theirs").write_text("b")
     assert os.listdir(target) == ["theirs"]
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no scratch left
 
