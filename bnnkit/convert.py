@@ -55,7 +55,7 @@ def binarize(
     input_estimator: Estimator | None = "reste",
     scale: str = "tensor",
     o: float = 1.0,
-    t: float = 1.5,
+    t: float | None = None,
 ) -> nn.Module:
     """Replace ``model``'s ``nn.Conv2d`` / ``nn.Linear`` layers by binary ones, in place.
 
@@ -63,7 +63,8 @@ def binarize(
     module order) and the last ``nn.Linear`` (the classifier) stay full precision, as in
     the BNN literature. ``exclude`` keeps more layers full precision: glob patterns over
     module names (``["*downsample*"]``) or a predicate ``(name, module) -> bool``.
-    Only ``padding_mode="zeros"`` convolutions can be binarized; others raise.
+    Only ``padding_mode="zeros"`` convolutions can be binarized; others raise. ``t=None``
+    gives each estimator its default threshold (1.5 for ReSTE, 1 for the clipped STE).
     Returns ``model`` (for chaining).
     """
     skip = _excluder(exclude)

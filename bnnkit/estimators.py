@@ -3,11 +3,19 @@
 Every estimator binarizes in the forward pass (+1 for x >= 0, -1 otherwise) and differs in
 the pseudo-gradient of its backward pass (see :mod:`bnnkit.kernels.sign_grad`):
 
-- ``"ste"``: identity gradient.
-- ``"clipped_ste"``: gradient 1 inside ``|x| <= t``, 0 outside.
+- ``"identity_ste"``: gradient 1 everywhere (Bengio et al.'s straight-through estimator,
+  unclipped).
+- ``"clipped_ste"``: gradient 1 inside ``|x| <= t``, 0 outside; ``t`` defaults to 1, which is
+  the STE of the ReSTE paper and of its reference code (``Binary.backward``: 1 where
+  ``|x| <= 1``), the derivative of hardtanh (BinaryNet's STE).
 - ``"approx_sign"``: Bi-Real Net's ``2 - 2|x|`` inside ``|x| <= 1``.
 - ``"reste"``: ReSTE (Wu et al., ICCV 2023), the derivative of ``sign(x)|x|^(1/o)``,
-  rectified to ``m^(1/o)/m`` for ``|x| <= m = 0.1`` and clipped to 0 beyond ``t``.
+  rectified to ``m^(1/o)/m`` for ``|x| <= m = 0.1`` and clipped to 0 beyond ``t`` (default
+  1.5, the paper's).
+
+``"ste"`` is refused with a message: bnnkit 0.1 used it for the unclipped estimator while
+the paper's STE is clipped, so the name is ambiguous. Runs saved under it still load and
+resume (:func:`saved_estimator_name` maps it to ``"identity_ste"``).
 
 Wherever bnnkit takes an estimator it also takes a callable ``f(x) -> Tensor`` that
 implements both passes itself (e.g. an autograd.Function's ``apply``).
@@ -17,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Union
+from typing import Any, Union
 
 import torch
 
@@ -27,6 +35,39 @@ Estimator = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
 ESTIMATORS: dict[str, EstimatorKind] = {kind.value: kind for kind in EstimatorKind}
 """The built-in estimators by name (the names are :class:`EstimatorKind`'s values)."""
+
+RESTE_T = 1.5
+"""ReSTE's default clipping threshold t (the paper's)."""
+CLIPPED_STE_T = 1.0
+"""The clipped STE's default threshold: the paper's STE passes gradients where ``|x| <= 1``."""
+DEFAULT_THRESHOLDS: dict[EstimatorKind, float] = {EstimatorKind.RESTE: RESTE_T, EstimatorKind.CLIPPED_STE: CLIPPED_STE_T}
+"""The default ``t`` of the estimators that clip; the others take no threshold."""
+
+RENAMED_ESTIMATORS: dict[str, str] = {"ste": "identity_ste"}
+"""Estimator names of runs saved by bnnkit 0.1 -> the estimator they meant."""
+
+
+def default_threshold(estimator: Estimator | None) -> float | None:
+    """The default clipping threshold ``t`` of ``estimator``: 1.5 for ReSTE, 1 for the clipped
+    STE, ``None`` for estimators that do not clip (and callables)."""
+    if not isinstance(estimator, str):
+        return None
+    return DEFAULT_THRESHOLDS.get(estimator_kind(estimator))
+
+
+def threshold_for(estimator: Estimator | None, t: float | None) -> float:
+    """The ``t`` an estimator runs with: ``t`` when given, else its default (1.5 for those
+    without one, where the value is unused)."""
+    if t is not None:
+        return float(t)
+    default = default_threshold(estimator)
+    return RESTE_T if default is None else default
+
+
+def saved_estimator_name(name: Any) -> Any:
+    """``name`` as read from a saved run, with the names bnnkit 0.1 used mapped to the
+    estimator they meant (``"ste"`` -> ``"identity_ste"``); anything else unchanged."""
+    return RENAMED_ESTIMATORS.get(name, name) if isinstance(name, str) else name
 
 
 def list_estimators() -> list[str]:
@@ -39,6 +80,10 @@ def estimator_kind(name: str) -> EstimatorKind:
     try:
         return ESTIMATORS[name]
     except (KeyError, TypeError):
+        if name in RENAMED_ESTIMATORS:
+            raise ValueError(f"estimator {name!r} is ambiguous and no longer a name: bnnkit's old {name!r} is "
+                             f"'identity_ste' (gradient 1 everywhere); the STE of the ReSTE paper is 'clipped_ste' "
+                             f"(gradient 1 where |x| <= t, t = 1 by default)") from None
         raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(ESTIMATORS)}") from None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from bnnkit import ops
-from bnnkit.estimators import Estimator, check_estimator, check_estimator_params, estimator_kind
+from bnnkit.estimators import Estimator, check_estimator, check_estimator_params, estimator_kind, threshold_for
 from bnnkit.kernels.binarize import binarize_reference
 from bnnkit.kernels.sign_grad import EstimatorKind
 from bnnkit.kernels.weight_binarize import check_scale_mode
@@ -29,9 +29,10 @@ def binarize(x: torch.Tensor) -> torch.Tensor:
 
 
 def sign_estimator(x: torch.Tensor, estimator: Estimator = "reste", o: float | torch.Tensor = 1.0,
-                   t: float = 1.5) -> torch.Tensor:
+                   t: float | None = None) -> torch.Tensor:
     """Binarize ``x`` with ``estimator`` (a name from :data:`bnnkit.estimators.ESTIMATORS` or a
-    callable ``f(x) -> Tensor``); ``o`` and ``t`` parameterize the named estimators that use them.
+    callable ``f(x) -> Tensor``); ``o`` and ``t`` parameterize the named estimators that use them
+    (``t=None``: the estimator's default, 1.5 for ReSTE and 1 for the clipped STE).
     ``o`` may be a 0-d tensor (keeps torch.compile from recompiling when it changes; see
     :mod:`bnnkit.ops`)."""
     check_estimator(estimator)
@@ -39,6 +40,7 @@ def sign_estimator(x: torch.Tensor, estimator: Estimator = "reste", o: float | t
         return estimator(x)
     _check_floating(x, "input")
     kind = estimator_kind(estimator)
+    t = threshold_for(estimator, t)
     check_estimator_params(kind, o, t)
     return ops.sign_estimate(x, kind, o, t)
 
@@ -55,14 +57,23 @@ def reste_sign(x: torch.Tensor, o: float | torch.Tensor, t: float = 1.5) -> torc
     return sign_estimator(x, "reste", o, t)
 
 
-def ste_sign(x: torch.Tensor) -> torch.Tensor:
-    """Straight-through estimator: forward ``binarize(x)``, identity gradient."""
-    return sign_estimator(x, "ste")
+def identity_ste_sign(x: torch.Tensor) -> torch.Tensor:
+    """Unclipped straight-through estimator: forward ``binarize(x)``, gradient 1 everywhere."""
+    return sign_estimator(x, "identity_ste")
 
 
-def clipped_ste_sign(x: torch.Tensor, t: float = 1.5) -> torch.Tensor:
-    """Clipped STE: forward ``binarize(x)``, gradient passed where ``|x| <= t``."""
+def clipped_ste_sign(x: torch.Tensor, t: float = 1.0) -> torch.Tensor:
+    """Clipped STE: forward ``binarize(x)``, gradient passed where ``|x| <= t``. At the default
+    ``t = 1`` it is the STE of the ReSTE paper (and BinaryNet's: the derivative of hardtanh)."""
     return sign_estimator(x, "clipped_ste", t=t)
+
+
+def ste_sign(x: torch.Tensor) -> torch.Tensor:
+    """Refused: "ste" is ambiguous. Use :func:`clipped_ste_sign` (the paper's STE) or
+    :func:`identity_ste_sign` (what this function computed in bnnkit 0.1)."""
+    raise ValueError("ste_sign is ambiguous and no longer computes anything: use clipped_ste_sign (the ReSTE paper's "
+                     "STE, gradient 1 where |x| <= 1) or identity_ste_sign (gradient 1 everywhere, bnnkit 0.1's "
+                     "ste_sign)")
 
 
 def approx_sign(x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +83,7 @@ def approx_sign(x: torch.Tensor) -> torch.Tensor:
 
 def binarize_weight(
     w: torch.Tensor, scale: str = "tensor", estimator: Estimator = "reste", o: float | torch.Tensor = 1.0,
-    t: float = 1.5,
+    t: float | None = None,
 ) -> torch.Tensor:
     """Binary weight ``alpha * est(w)``; dim 0 of ``w`` is the output channel.
 
@@ -90,6 +101,7 @@ def binarize_weight(
         return b * w.abs().mean(dim=dims, keepdim=True)
     _check_floating(w, "weight")
     kind = estimator_kind(estimator)
+    t = threshold_for(estimator, t)
     check_estimator_params(kind, o, t)
     return ops.scaled_binarize(w, scale, kind, o, t)
 
@@ -100,7 +112,7 @@ __all__ = [
     "binarize",
     "binarize_weight",
     "clipped_ste_sign",
+    "identity_ste_sign",
     "reste_sign",
     "sign_estimator",
-    "ste_sign",
 ]

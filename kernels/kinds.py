@@ -86,13 +86,14 @@ _OUT_PACKED: tl.constexpr = tl.constexpr(OutputKind.PACKED.code)
 class EstimatorKind(KernelEnum):
     """The built-in straight-through estimators (see :mod:`bnnkit.kernels.sign_grad`)."""
 
-    STE = "ste", 0
-    CLIPPED_STE = "clipped_ste", 1
+    IDENTITY_STE = "identity_ste", 0  # slope 1 everywhere (bnnkit 0.1 called it "ste")
+    CLIPPED_STE = "clipped_ste", 1  # slope 1 for |x| <= t; at t = 1 the paper's STE
+    STE = "identity_ste", 0  # an alias of IDENTITY_STE for code written against the old member name
     APPROX_SIGN = "approx_sign", 2
     RESTE = "reste", 3
 
 
-_EST_STE: tl.constexpr = tl.constexpr(EstimatorKind.STE.code)
+_EST_IDENTITY_STE: tl.constexpr = tl.constexpr(EstimatorKind.IDENTITY_STE.code)
 _EST_CLIPPED_STE: tl.constexpr = tl.constexpr(EstimatorKind.CLIPPED_STE.code)
 _EST_APPROX_SIGN: tl.constexpr = tl.constexpr(EstimatorKind.APPROX_SIGN.code)
 _EST_RESTE: tl.constexpr = tl.constexpr(EstimatorKind.RESTE.code)

@@ -6,8 +6,8 @@ in the slope ``g(x)`` its backward multiplies ``grad_out`` by:
 ============  ==============================================================  ==========
 kind          g(x)                                                             NaN input
 ============  ==============================================================  ==========
-STE           1                                                                1
-CLIPPED_STE   1 for |x| <= t, else 0                                           0
+IDENTITY_STE  1                                                                1
+CLIPPED_STE   1 for |x| <= t, else 0 (t = 1: the STE of the ReSTE paper)      0
 APPROX_SIGN   2 - 2|x| for |x| <= 1, else 0 (Bi-Real Net)                      0
 RESTE         m^(1/o) / m for |x| <= m;  (1/o)|x|^((1-o)/o) for m < |x| <= t;  0
               0 for |x| > t;  m = 0.1 (Wu et al., ICCV 2023, arXiv:2308.06689)
@@ -35,7 +35,7 @@ from .elementwise import (
     needs_int64_index,
     shared_dense_layout,
 )
-from .kinds import _EST_APPROX_SIGN, _EST_CLIPPED_STE, _EST_STE, EstimatorKind
+from .kinds import _EST_APPROX_SIGN, _EST_CLIPPED_STE, _EST_IDENTITY_STE, EstimatorKind
 from .launch import on_device
 
 RESTE_M = 0.1
@@ -55,7 +55,7 @@ def estimator_slope_reference(x: torch.Tensor, kind: int, o: float = 1.0, t: flo
     a = x.to(compute_dtype(x.dtype)).abs()
     zero = torch.zeros((), dtype=a.dtype, device=a.device)
     kind = estimator_kind(kind)
-    if kind == EstimatorKind.STE:
+    if kind == EstimatorKind.IDENTITY_STE:
         return torch.ones_like(a)
     if kind == EstimatorKind.CLIPPED_STE:
         return (a <= t).to(a.dtype)
@@ -105,7 +105,7 @@ def estimator_constants(kind: int, o: float, t: float) -> tuple[float, float, fl
 def estimator_slope(x, rectified, coef, exponent, t, m, KIND: tl.constexpr, INTERPRET: tl.constexpr):
     """The slope ``g(x)`` of estimator ``KIND`` in float32 (see the table in the module docstring).
 
-    NaN lands in no ``<=`` branch: slope 0, or 1 for STE. ``|x|^exponent`` is
+    NaN lands in no ``<=`` branch: slope 0, or 1 for IDENTITY_STE. ``|x|^exponent`` is
     ``exp2(exponent * log2|x|)`` with ``|x|`` clamped to ``[m, t]`` first: lanes outside take
     another branch anyway, and log2 never sees 0 or inf (no inf * 0 = NaN to mask). On the
     GPU log2 is the hardware approximation (MUFU.LG2, like exp2): ``tl.log2`` is libdevice's
@@ -113,7 +113,7 @@ def estimator_slope(x, rectified, coef, exponent, t, m, KIND: tl.constexpr, INTE
     memory-bound in bf16. ``INTERPRET`` selects ``tl.log2`` (the interpreter has no libdevice).
     """
     a = tl.abs(x.to(tl.float32))
-    if KIND == _EST_STE:
+    if KIND == _EST_IDENTITY_STE:
         g = tl.full(a.shape, 1.0, tl.float32)
     elif KIND == _EST_CLIPPED_STE:
         g = tl.where(a <= t, 1.0, 0.0)
@@ -158,8 +158,8 @@ def sign_grad(x: torch.Tensor, grad_out: torch.Tensor, kind: int, o: float = 1.0
 
     Returns:
         ``grad_in`` with ``x``'s shape and dtype. The slope and the product are computed in
-        float32 and rounded once. NaN in ``x`` gives slope 0 (1 for STE), so ``grad_in`` is
-        0 (``grad_out`` for STE) there. When ``x`` and ``grad_out`` share a dense layout
+        float32 and rounded once. NaN in ``x`` gives slope 0 (1 for IDENTITY_STE), so ``grad_in``
+        is 0 (``grad_out`` for IDENTITY_STE) there. When ``x`` and ``grad_out`` share a dense layout
         (contiguous, channels_last, ...) they are read in place and ``grad_in`` gets that
         layout; otherwise both are copied to contiguous memory first.
     """

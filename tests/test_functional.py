@@ -13,7 +13,7 @@ GRID = [-3.0, -T - 1e-3, -T, -1.0, -0.5, -M - 1e-3, -M, -0.05, -0.0, 0.0, 0.05, 
 
 def expected_slope(name: str, x: float, o: float, t: float) -> float:
     a = abs(x)
-    if name == "ste":
+    if name == "identity_ste":
         return 1.0
     if name == "clipped_ste":
         return 1.0 if a <= t else 0.0
@@ -66,13 +66,34 @@ def test_half_precision_gradient_is_computed_in_float32(dtype):
 def test_named_shortcuts_agree_with_sign_estimator():
     torch.manual_seed(0)
     x = torch.randn(100, dtype=torch.float64) * 2
-    for fn, name, kw in [(BF.ste_sign, "ste", {}), (BF.clipped_ste_sign, "clipped_ste", {"t": 1.2}),
-                         (BF.approx_sign, "approx_sign", {})]:
+    for fn, name, kw in [(BF.identity_ste_sign, "identity_ste", {}), (BF.clipped_ste_sign, "clipped_ste", {"t": 1.2}),
+                         (BF.clipped_ste_sign, "clipped_ste", {}), (BF.approx_sign, "approx_sign", {})]:
         a = x.clone().requires_grad_(True)
         b = x.clone().requires_grad_(True)
         fn(a, **kw).sum().backward()
         BF.sign_estimator(b, name, **kw).sum().backward()
         assert torch.equal(a.grad, b.grad), name
+
+
+def test_the_clipped_ste_is_the_papers_ste_by_default():
+    """The ReSTE reference code's STE (``Binary.backward``) passes the gradient where |x| <= 1;
+    ReSTE itself clips at t = 1.5."""
+    x = torch.tensor([-1.5, -1.0 - 1e-6, -1.0, 0.0, 1.0, 1.0 + 1e-6, 1.5], dtype=torch.float64, requires_grad=True)
+    BF.clipped_ste_sign(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    y = x.detach().clone().requires_grad_(True)
+    BF.sign_estimator(y, "clipped_ste").sum().backward()
+    assert torch.equal(x.grad, y.grad)
+    z = x.detach().clone().requires_grad_(True)
+    BF.sign_estimator(z, "reste", o=1.0).sum().backward()  # ReSTE at o = 1: the clipped STE at t = 1.5
+    assert z.grad.tolist() == [1.0] * 7
+
+
+def test_the_ambiguous_name_ste_is_refused_naming_both_meanings():
+    for call in (lambda: BF.sign_estimator(torch.zeros(2), "ste"), lambda: BF.ste_sign(torch.zeros(2))):
+        with pytest.raises(ValueError, match="(identity_ste.*clipped_ste|clipped_ste.*identity_ste)"):
+            call()
+    assert "ste" not in list_estimators()
 
 
 def test_callable_estimator_is_used_as_is():

@@ -157,8 +157,8 @@ def test_bireal_has_shortcut_per_conv():
 
 
 def test_a32_and_estimator_options():
-    model = models.create("resnet20", a32=True, estimator="ste", scale="channel")
+    model = models.create("resnet20", a32=True, estimator="identity_ste", scale="channel")
     layers = [m for _, m in binary_layers(model)]
-    assert all(m.input_estimator is None and m.weight_estimator == "ste" and m.scale == "channel" for m in layers)
+    assert all(m.input_estimator is None and m.weight_estimator == "identity_ste" and m.scale == "channel" for m in layers)
     with pytest.raises(ValueError, match="bad arguments for model .resnet20.*it accepts: num_classes"):
         models.create("resnet20", width=3)

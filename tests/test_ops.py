@@ -37,7 +37,7 @@ def test_opcheck_sign_estimate(backend, dtype):
     x = _randn(2, 3, 4, 5, dtype=dtype)
     cases = [(x, int(EstimatorKind.RESTE), o, 1.5),
              (x.contiguous(memory_format=torch.channels_last), int(EstimatorKind.APPROX_SIGN), o, 1.5),
-             (x.transpose(1, 3), int(EstimatorKind.STE), o, 1.5)]
+             (x.transpose(1, 3), int(EstimatorKind.IDENTITY_STE), o, 1.5)]
     with use_backend(backend):
         for args in cases:
             torch.library.opcheck(torch.ops.bnnkit.sign_estimate.default, (args[0].requires_grad_(True), *args[1:]))

@@ -51,7 +51,7 @@ def test_reste_with_o_one_is_clipped_ste():
 @pytest.mark.parametrize("kind", list(EstimatorKind))
 def test_nan_gradient(kind):
     g = sign_grad_reference(torch.tensor([float("nan")]), torch.ones(1), kind, 2.0, 1.5)
-    assert g.item() == (1.0 if kind == EstimatorKind.STE else 0.0)
+    assert g.item() == (1.0 if kind == EstimatorKind.IDENTITY_STE else 0.0)
 
 
 @pytest.mark.parametrize("scale", ["tensor", "channel", "none"])

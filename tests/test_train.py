@@ -198,3 +198,58 @@ def test_a_run_whose_loss_becomes_nan_stops_with_an_error(tmp_path):
     metrics = tmp_path / "r" / "metrics.jsonl"
     rows = metrics.read_text().splitlines() if metrics.exists() else []
     assert all(math.isfinite(json.loads(r)["train_loss"]) for r in rows)  # only finished, finite epochs
+
+
+def test_each_estimator_gets_its_own_default_threshold(tmp_path):
+    """t = None resolves per estimator: ReSTE's 1.5, the paper's STE (clipped at 1), nothing for
+    estimators that do not clip; the layers are built with it and config.json records it."""
+    expected = {"reste": 1.5, "clipped_ste": 1.0, "identity_ste": None, "approx_sign": None}
+    for estimator, t in expected.items():
+        cfg = digits_config(tmp_path / estimator, model_kwargs={**SMALL_MLP, "estimator": estimator}).resolved()
+        assert cfg.t == t, estimator
+    assert digits_config(tmp_path / "x", model_kwargs={"estimator": "clipped_ste"}, t=0.5).resolved().t == 0.5
+    with pytest.raises(ValueError, match="ambiguous.*identity_ste"):
+        digits_config(tmp_path / "x", model_kwargs={"estimator": "ste"}).resolved()
+    with pytest.raises(ValueError, match=r"t \(--t\) must be a finite clipping threshold > 0,"):
+        digits_config(tmp_path / "x", model_kwargs={"estimator": "clipped_ste"}, t=0.0).resolved()
+
+
+def test_a_run_saved_under_the_old_name_ste_loads_and_resumes_as_identity_ste(tmp_path, monkeypatch):
+    """bnnkit 0.1 saved the unclipped estimator as "ste": such a run (here one whose files say
+    "ste", interrupted in its second epoch) loads and resumes as identity_ste, exactly."""
+    options = dict(epochs=2, model_kwargs={**SMALL_MLP, "estimator": "identity_ste"})
+    straight = train(digits_config(tmp_path / "new", **options), log=lambda *a: None)
+
+    real_to_json = TrainConfig.to_json
+
+    def as_bnnkit_01(self):
+        saved = real_to_json(self)
+        saved["model_kwargs"] = {**saved["model_kwargs"], "estimator": "ste"}
+        return saved
+
+    real_epoch = train_loop.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(TrainConfig, "to_json", as_bnnkit_01)
+    monkeypatch.setattr(train_loop, "train_one_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(digits_config(tmp_path / "old", **options), log=lambda *a: None)
+    monkeypatch.undo()
+    saved = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert saved["train"]["model_kwargs"]["estimator"] == "ste"
+
+    model, config = load_run(str(tmp_path / "old"))
+    assert config["model_kwargs"]["estimator"] == "identity_ste"
+    from bnnkit.nn import binary_layers
+    assert {layer.weight_estimator for _, layer in binary_layers(model)} == {"identity_ste"}
+    from bnnkit.cli import main
+    assert main(["train", "--out", str(tmp_path / "old"), "--resume", "--no-progress"]) == 0
+    resumed = json.loads((tmp_path / "old" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {k: v for k, v in resumed.items() if k != "time_s"} == \
+        {k: v for k, v in straight.metrics[-1].items() if k != "time_s"}

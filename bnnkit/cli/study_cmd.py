@@ -25,13 +25,15 @@ def add_parser(subparsers) -> None:
     spec = _spec_defaults()
 
     est = sub.add_parser(
-        "estimators", help="ste, clipped_ste, approx_sign and ReSTE (several o_end) on the digits models, over seeds",
+        "estimators", help="the paper's STE (clipped_ste, t = 1), identity_ste, approx_sign and ReSTE (several o_end) "
+                           "on the digits models, over seeds",
         description="Train every model with every estimator (ReSTE once per --o-ends value) from seeds 0..N-1 with "
                     "the paper's recipe scaled to digits, then write OUT/estimators.json (the record: device, "
                     "versions, commit, date, the recipe, per run the final and best test accuracy and per epoch "
                     "lr, o, losses, accuracies, estimating error and gradient stability), the figures "
                     "OUT/estimators-accuracy.png and OUT/estimators-tradeoff.png (with matplotlib), and print "
-                    "the table (mean, std, min, max over seeds). Record it for the README with --out "
+                    "the table (mean, std, min, max over seeds, and each arm against the paper's STE seed by "
+                    "seed with a 95% interval). Record it for the README with --out "
                     "benchmarks/results/studies, then 'bnnkit study readme'.")
     est.add_argument("--out", required=True, metavar="DIR", help="directory for the record and the figures")
     est.add_argument("--models", nargs="+", default=list(spec.models), metavar="NAME",

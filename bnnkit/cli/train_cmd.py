@@ -74,9 +74,13 @@ def add_parser(subparsers) -> None:
                         "cifar10 and imagefolder, cosine for digits and synthetic)")
     p.add_argument("--o-end", type=float, default=None,
                    help="final o of ReSTE's cosine o schedule, from 1 at epoch 0 (default 3)")
-    p.add_argument("--t", type=float, default=None, help="ReSTE clipping threshold t > 0.1 (default 1.5)")
+    p.add_argument("--t", type=float, default=None,
+                   help="clipping threshold of the estimator: gradients pass where |x| <= t (default: 1.5 for reste, "
+                        "> 0.1; 1 for clipped_ste, the paper's STE)")
     p.add_argument("--estimator", default=None, choices=list_estimators(),
-                   help="straight-through estimator of weights and activations (default reste)")
+                   help="straight-through estimator of weights and activations: reste (default), clipped_ste "
+                        "(gradient 1 where |x| <= t: the STE of the ReSTE paper), identity_ste (gradient 1 "
+                        "everywhere), approx_sign (Bi-Real Net's 2 - 2|x| inside |x| <= 1)")
     p.add_argument("--scale", default=None, choices=SCALE_MODES,
                    help="weight scale: mean |w| per tensor (reference), per channel, or none (default tensor)")
     p.add_argument("--a32", action="store_true", default=None,

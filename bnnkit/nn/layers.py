@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnnkit.estimators import Estimator, check_estimator, check_o
+from bnnkit.estimators import Estimator, check_estimator, check_o, threshold_for
 from bnnkit.functional import binarize_weight, sign_estimator
 from bnnkit.kernels.weight_binarize import check_scale_mode
 
@@ -34,11 +34,11 @@ class BinaryLayer:
     weight_estimator: Estimator
     input_estimator: Estimator | None
     scale: str
-    t: float
+    t: float | None
     _o: torch.Tensor
 
     def _init_binary(self, weight_estimator: Estimator, input_estimator: Estimator | None, scale: str,
-                     o: float, t: float) -> None:
+                     o: float, t: float | None) -> None:
         self.weight_estimator = check_estimator(weight_estimator, what="weight_estimator")
         self.input_estimator = check_estimator(input_estimator, allow_none=True, what="input_estimator")
         self.scale = check_scale_mode(scale)
@@ -46,7 +46,7 @@ class BinaryLayer:
         # (the ops read it on the host) and stays out of the state dict.
         self._o = torch.tensor(1.0, dtype=torch.float64)
         self.o = o
-        self.t = float(t)
+        self.t = None if t is None else float(t)  # None: each estimator's default (threshold_for)
 
     @property
     def o(self) -> float:
@@ -65,36 +65,37 @@ class BinaryLayer:
 
     def quantized_weight(self) -> torch.Tensor:
         """``alpha * binarize(weight)`` with the weight estimator's gradient."""
-        return binarize_weight(self.weight, self.scale, self.weight_estimator, self._o, self.t)
+        return binarize_weight(self.weight, self.scale, self.weight_estimator, self._o,
+                               threshold_for(self.weight_estimator, self.t))
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         """``binarize(x)`` with the input estimator's gradient, or ``x`` for real-valued inputs."""
         if self.input_estimator is None:
             return x
-        return sign_estimator(x, self.input_estimator, self._o, self.t)
+        return sign_estimator(x, self.input_estimator, self._o, threshold_for(self.input_estimator, self.t))
 
     def _binary_repr(self) -> str:
         def name(e):
             return e if isinstance(e, str) or e is None else getattr(e, "__name__", type(e).__name__)
 
         return (f"weight_estimator={name(self.weight_estimator)}, input_estimator={name(self.input_estimator)}, "
-                f"scale={self.scale}, o={self.o:g}, t={self.t:g}")
+                f"scale={self.scale}, o={self.o:g}, t={'default' if self.t is None else format(self.t, 'g')}")
 
 
 class BinaryConv2d(BinaryLayer, nn.Conv2d):
     """2-D convolution with binary weights and (by default) binary inputs.
 
     Args are those of :class:`torch.nn.Conv2d` (``padding_mode`` must be ``"zeros"``), plus
-    ``weight_estimator`` / ``input_estimator``: a name (``"reste"``, ``"ste"``,
-    ``"clipped_ste"``, ``"approx_sign"``) or a callable; ``input_estimator=None`` keeps real
+    ``weight_estimator`` / ``input_estimator``: a name (``"reste"``, ``"clipped_ste"``,
+    ``"identity_ste"``, ``"approx_sign"``) or a callable; ``input_estimator=None`` keeps real
     inputs. ``scale``: ``"tensor"``, ``"channel"`` or ``"none"``. ``o``, ``t``: estimator
-    parameters. Input ``(N, C_in, H, W)``, output ``(N, C_out, H_out, W_out)``.
+    parameters (``t=None``: each estimator's default, 1.5 for ReSTE, 1 for the clipped STE). Input ``(N, C_in, H, W)``, output ``(N, C_out, H_out, W_out)``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
                  weight_estimator: Estimator = "reste", input_estimator: Estimator | None = "reste",
-                 scale: str = "tensor", o: float = 1.0, t: float = 1.5) -> None:
+                 scale: str = "tensor", o: float = 1.0, t: float | None = None) -> None:
         if padding_mode != "zeros":
             raise ValueError(f"BinaryConv2d supports padding_mode='zeros' only (padded taps contribute 0), "
                              f"got {padding_mode!r}")
@@ -118,7 +119,7 @@ class BinaryLinear(BinaryLayer, nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  weight_estimator: Estimator = "reste", input_estimator: Estimator | None = "reste",
-                 scale: str = "tensor", o: float = 1.0, t: float = 1.5) -> None:
+                 scale: str = "tensor", o: float = 1.0, t: float | None = None) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
         self._init_binary(weight_estimator, input_estimator, scale, o, t)
 

@@ -5,21 +5,26 @@ ReSTE each o_end of :attr:`StudySpec.o_ends`) from seeds ``0 .. seeds-1``, with 
 recipe scaled to digits (:class:`StudySpec`). Each run is an ordinary ``bnnkit train`` run
 (:func:`bnnkit.train.train`); the study keeps its per-epoch metrics.
 
+The STE baseline is the paper's: ``clipped_ste`` at t = 1 (its reference code's
+``Binary.backward`` passes the gradient where ``|x| <= 1``); ``identity_ste`` (never clipped)
+and Bi-Real Net's ``approx_sign`` are the other baselines.
+
 The record (``estimators.json``, :data:`STUDY_FORMAT` version :data:`STUDY_VERSION`)::
 
-    {"format": "bnnkit-study-estimators", "version": 1,
+    {"format": "bnnkit-study-estimators", "version": 2,
      "device": ..., "torch": ..., "commit": ..., "date": ..., ...,   # as benchmark rows
      "jobs": 2, "threads_per_job": 1, "wall_s": 812.4,
      "spec": {...StudySpec...},
-     "runs": [{"model": "digits_mlp", "estimator": "reste", "o_end": 3.0, "seed": 0,
+     "runs": [{"model": "digits_mlp", "estimator": "reste", "o_end": 3.0, "t": 1.5, "seed": 0,
                "best_test_acc": ..., "best_epoch": ..., "final_test_acc": ...,
                "mean_estimating_error": ..., "total_gradient_stability": ..., "time_s": ...,
                "epochs": {"test_acc": [...], "estimating_error": [...], ...}}, ...]}
 
 ``epochs`` holds one list per field of :data:`EPOCH_FIELDS`, one value per epoch (accuracies
-exact, the rest to 6 significant digits). Estimators without an o (ste, clipped_ste,
-approx_sign) record ``o_end`` = :attr:`StudySpec.indicator_o_end`: the o of the reference
-code's estimating-error formula, which it applies whatever the estimator.
+exact, the rest to 6 significant digits). Estimators without an o (clipped_ste,
+identity_ste, approx_sign) record ``o_end`` = :attr:`StudySpec.indicator_o_end`: the o of the
+reference code's estimating-error formula, which it applies whatever the estimator. ``t`` is
+the clipping threshold the run used (``null`` for estimators that do not clip).
 """
 
 from __future__ import annotations
@@ -40,30 +45,40 @@ import torch
 
 from bnnkit.artifacts import ArtifactError, atomic_path, read_versioned_json
 from bnnkit.estimators import check_o, list_estimators
+from bnnkit.kernels.sign_grad import RESTE_M
 from bnnkit.models import model_info
 from bnnkit.train import TrainConfig, train
 from bnnkit.train.config import check_lr_schedule
 
 STUDY_FORMAT = "bnnkit-study-estimators"
-STUDY_VERSION = 1
+STUDY_VERSION = 2  # 2: the paper's STE (clipped_ste at t = 1), identity_ste, "t" per run
 RECORD_FILE = "estimators.json"
 EPOCH_FIELDS = ("lr", "o", "train_loss", "train_acc", "test_loss", "test_acc", "estimating_error",
                 "gradient_stability")
 EXACT_FIELDS = ("train_acc", "test_acc")  # recorded in full; the other per-epoch values to 6 significant digits
-RUN_FIELDS = ("model", "estimator", "o_end", "seed", "best_test_acc", "best_epoch", "final_test_acc",
+RUN_FIELDS = ("model", "estimator", "o_end", "t", "seed", "best_test_acc", "best_epoch", "final_test_acc",
               "mean_estimating_error", "total_gradient_stability", "time_s", "epochs")
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """One estimator configuration of the study."""
+    """One estimator configuration of the study: the estimator, ReSTE's final o (the
+    estimating error's o for the others) and the clipping threshold (``None``: no clipping)."""
 
     estimator: str
     o_end: float
+    t: float | None
 
     @property
     def label(self) -> str:
-        return f"reste o_end={self.o_end:g}" if self.estimator == "reste" else self.estimator
+        if self.estimator == "reste":
+            return f"reste o_end={self.o_end:g}"
+        return self.estimator if self.t is None else f"{self.estimator} t={self.t:g}"
+
+    @property
+    def slug(self) -> str:
+        """The label as a file name part."""
+        return self.label.replace(" o_end=", "-o").replace(" t=", "-t")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +88,12 @@ class StudySpec:
     SGD (lr 0.1, momentum 0.9, weight decay 1e-4 on all parameters), the reference code's
     learning rates with its 5-epoch warm-up (the CIFAR-10 recipe), ReSTE's cosine o schedule
     from 1 to o_end, t = 1.5; 30 epochs of batch 32 instead of 1000 of 256 (1,347 training
-    digits: 1,290 steps).
+    digits: 1,290 steps). The clipped STE clips at ``clipped_ste_t`` = 1, the paper's STE.
+    ``baseline`` is the arm the report compares every other arm with, seed by seed.
     """
 
     models: tuple[str, ...] = ("digits_mlp", "digits_cnn")
-    estimators: tuple[str, ...] = ("ste", "clipped_ste", "approx_sign", "reste")
+    estimators: tuple[str, ...] = ("clipped_ste", "identity_ste", "approx_sign", "reste")
     o_ends: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0)
     seeds: int = 5
     epochs: int = 30
@@ -88,7 +104,9 @@ class StudySpec:
     warmup_epochs: int = 5
     lr_schedule: str = "reference"
     t: float = 1.5
+    clipped_ste_t: float = 1.0
     indicator_o_end: float = 3.0
+    baseline: str = "clipped_ste"
 
     def check(self) -> StudySpec:
         """Raise ``ValueError`` naming the first bad field; returns ``self``."""
@@ -104,6 +122,10 @@ class StudySpec:
                              f"got {list(self.estimators)}")
         if "reste" in self.estimators and not self.o_ends:
             raise ValueError("reste needs at least one o_end (--o-ends)")
+        if not (math.isfinite(self.t) and self.t > RESTE_M and math.isfinite(self.clipped_ste_t)
+                and self.clipped_ste_t > 0):
+            raise ValueError(f"ReSTE's t must be > {RESTE_M} and the clipped STE's > 0, got {self.t}, "
+                             f"{self.clipped_ste_t}")
         for o in (*self.o_ends, self.indicator_o_end):
             check_o(o)
         if self.seeds < 1 or self.epochs < 1 or self.batch_size < 1:
@@ -116,16 +138,21 @@ class StudySpec:
         arms = []
         for estimator in self.estimators:
             if estimator == "reste":
-                arms += [Arm("reste", float(o)) for o in self.o_ends]
+                arms += [Arm("reste", float(o), float(self.t)) for o in self.o_ends]
             else:
-                arms.append(Arm(estimator, float(self.indicator_o_end)))
+                t = float(self.clipped_ste_t) if estimator == "clipped_ste" else None
+                arms.append(Arm(estimator, float(self.indicator_o_end), t))
         return arms
+
+    def baseline_arm(self) -> Arm | None:
+        """The arm of :attr:`baseline` (the first, for ReSTE), if the study trains it."""
+        return next((a for a in self.arms() if a.estimator == self.baseline), None)
 
     def train_config(self, model: str, arm: Arm, seed: int, out: str, device: str = "cpu") -> TrainConfig:
         return TrainConfig(model=model, dataset="digits", out=out, model_kwargs={"estimator": arm.estimator},
                            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
                            weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs,
-                           lr_schedule=self.lr_schedule, o_end=arm.o_end, t=self.t, seed=seed, device=device,
+                           lr_schedule=self.lr_schedule, o_end=arm.o_end, t=arm.t, seed=seed, device=device,
                            progress=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -137,6 +164,16 @@ class StudySpec:
         if not isinstance(obj, dict) or set(obj) - names:
             raise ValueError(f"a study spec has the fields {sorted(names)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()})
+
+
+def run_arm(run: dict[str, Any]) -> Arm:
+    """The arm a recorded run belongs to."""
+    return Arm(run["estimator"], run["o_end"], run["t"])
+
+
+def runs_of(record: dict[str, Any], model: str, arm: Arm) -> list[dict[str, Any]]:
+    """The recorded runs of ``model`` with ``arm``, in seed order."""
+    return sorted((r for r in record["runs"] if r["model"] == model and run_arm(r) == arm), key=lambda r: r["seed"])
 
 
 def _significant(value: float, digits: int = 6) -> float:
@@ -164,7 +201,8 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
     rows = result.metrics
     return {
-        "model": cfg.model, "estimator": cfg.model_kwargs["estimator"], "o_end": cfg.o_end, "seed": cfg.seed,
+        "model": cfg.model, "estimator": cfg.model_kwargs["estimator"], "o_end": cfg.o_end, "t": cfg.t,
+        "seed": cfg.seed,
         "best_test_acc": result.best_test_acc, "best_epoch": result.best_epoch,
         "final_test_acc": rows[-1]["test_acc"],
         **{k: _significant(v) for k, v in result.indicators.items()},
@@ -199,7 +237,7 @@ def run_study(spec: StudySpec, *, jobs: int = 1, device: str = "cpu", runs_dir: 
     with contextlib.ExitStack() as stack:
         root = runs_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="bnnkit-study-"))
         configs = [spec.train_config(model, arm, seed,
-                                     os.path.join(root, f"{model}-{arm.label.replace(' o_end=', '-o')}-seed{seed}"),
+                                     os.path.join(root, f"{model}-{arm.slug}-seed{seed}"),
                                      device).to_json()
                    for model, arm, seed in tasks]
         runs: list[dict[str, Any] | None] = [None] * len(tasks)

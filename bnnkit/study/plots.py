@@ -15,7 +15,7 @@ from typing import Any
 
 from bnnkit.artifacts import atomic_path
 
-from .estimators import Arm, StudySpec
+from .estimators import StudySpec, runs_of
 
 ACCURACY_PNG = "estimators-accuracy.png"
 TRADEOFF_PNG = "estimators-tradeoff.png"
@@ -37,10 +37,6 @@ def epoch_medians(runs: list[dict[str, Any]], field: str) -> list[float]:
     return [statistics.median(values) for values in zip(*(r["epochs"][field] for r in runs))]
 
 
-def _runs(record: dict[str, Any], model: str, arm: Arm) -> list[dict[str, Any]]:
-    return [r for r in record["runs"] if r["model"] == model and Arm(r["estimator"], r["o_end"]) == arm]
-
-
 def _save(plt, fig, path: str) -> str:
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -56,7 +52,7 @@ def accuracy_figure(record: dict[str, Any], path: str) -> str:
     fig, axes = plt.subplots(1, len(spec.models), figsize=(5.5 * len(spec.models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], spec.models):
         for i, arm in enumerate(arms):
-            runs = _runs(record, model, arm)
+            runs = runs_of(record, model, arm)
             for offset, key, marker, color in ((-0.15, "best_test_acc", "o", "tab:blue"),
                                                (0.15, "final_test_acc", "s", "tab:orange")):
                 values = [100 * r[key] for r in runs]
@@ -66,7 +62,7 @@ def accuracy_figure(record: dict[str, Any], path: str) -> str:
                            label=("best" if key.startswith("best") else "final") if i == 0 else None)
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
                 ax.errorbar(i + offset + 0.08, statistics.fmean(values), yerr=std, fmt="_", color=color, capsize=3)
-        ax.set_xticks(range(len(arms)), [a.label.replace(" o_end=", "\no=") for a in arms], fontsize=8)
+        ax.set_xticks(range(len(arms)), [a.label.replace(" o_end=", "\no=").replace(" t=", "\nt=") for a in arms], fontsize=8)
         ax.set_title(f"{model}: test accuracy over {spec.seeds} seeds")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
@@ -82,7 +78,7 @@ def tradeoff_figure(record: dict[str, Any], path: str) -> str:
     colors = plt.get_cmap("viridis")
     for ax, model in zip(axes[0], spec.models):
         for i, arm in enumerate(arms):
-            runs = _runs(record, model, arm)
+            runs = runs_of(record, model, arm)
             if not runs:
                 continue
             error, stability = epoch_medians(runs, "estimating_error"), epoch_medians(runs, "gradient_stability")

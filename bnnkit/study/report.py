@@ -19,7 +19,7 @@ from typing import Any
 
 from bnnkit.artifacts import ArtifactError
 
-from .estimators import RECORD_FILE, Arm, StudySpec, read_record
+from .estimators import RECORD_FILE, StudySpec, read_record, runs_of
 
 BEGIN = "<!-- study-table -->"
 END = "<!-- /study-table -->"
@@ -47,7 +47,7 @@ def summarize(record: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for model in spec.models:
         for arm in spec.arms():
-            runs = [r for r in record["runs"] if r["model"] == model and Arm(r["estimator"], r["o_end"]) == arm]
+            runs = runs_of(record, model, arm)
             if not runs:
                 continue
             rows.append({
@@ -60,6 +60,87 @@ def summarize(record: dict[str, Any]) -> list[dict[str, Any]]:
                     v for r in runs for v in r["epochs"]["gradient_stability"]),
             })
     return rows
+
+
+# Student's t quantile t(0.975, df) for a two-sided 95% interval; beyond df = 30 the df = 30
+# value is used, which is conservative (the quantile falls toward 1.96 as df grows).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """Student's t 97.5% quantile with ``df`` >= 1 degrees of freedom (df > 30: df = 30's)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return _T975[min(df, len(_T975)) - 1]
+
+
+def paired_difference(arm_values: list[float], base_values: list[float]) -> dict[str, float]:
+    """Seed-by-seed differences ``arm - base`` (same seed: same initial weights and batches):
+    ``mean``, the half-width ``ci95`` of its 95% interval (Student's t; NaN for one seed),
+    and how many seeds the arm is ahead, level, behind."""
+    diffs = [a - b for a, b in zip(arm_values, base_values, strict=True)]
+    n = len(diffs)
+    ci = t_quantile_975(n - 1) * statistics.stdev(diffs) / math.sqrt(n) if n > 1 else math.nan
+    return {"mean": statistics.fmean(diffs), "ci95": ci, "ahead": sum(d > 0 for d in diffs),
+            "level": sum(d == 0 for d in diffs), "behind": sum(d < 0 for d in diffs), "seeds": n}
+
+
+def verdict(d: dict[str, float]) -> str:
+    """``ahead`` / ``behind`` when the 95% interval of the mean difference excludes 0, else
+    ``within the spread``."""
+    if math.isnan(d["ci95"]):
+        return "one seed: no verdict"
+    if d["mean"] - d["ci95"] > 0:
+        return "ahead"
+    if d["mean"] + d["ci95"] < 0:
+        return "behind"
+    return "within the spread"
+
+
+def comparisons(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every arm against the spec's baseline arm, per model, on the seeds both ran: the paired
+    difference (:func:`paired_difference`) of the best and of the final test accuracy."""
+    spec = StudySpec.from_json(record["spec"])
+    base = spec.baseline_arm()
+    out = []
+    if base is None:
+        return out
+    for model in spec.models:
+        base_runs = {r["seed"]: r for r in runs_of(record, model, base)}
+        for arm in spec.arms():
+            if arm == base:
+                continue
+            pairs = [(r, base_runs[r["seed"]]) for r in runs_of(record, model, arm) if r["seed"] in base_runs]
+            if not pairs:
+                continue
+            out.append({"model": model, "arm": arm, "baseline": base, **{
+                key: paired_difference([a[f"{key}_test_acc"] for a, _ in pairs], [b[f"{key}_test_acc"] for _, b in pairs])
+                for key in ("best", "final")}})
+    return out
+
+
+def _points(d: dict[str, float]) -> str:
+    ci = "" if math.isnan(d["ci95"]) else f" ± {100 * d['ci95']:.2f}"
+    return f"{100 * d['mean']:+.2f}{ci}"
+
+
+def comparison_table(record: dict[str, Any]) -> str:
+    """The Markdown table of :func:`comparisons` (empty when the study has no baseline arm)."""
+    rows = comparisons(record)
+    if not rows:
+        return ""
+    lines = [f"Against the baseline `{rows[0]['baseline'].label}`, seed by seed (points of test accuracy; mean ± "
+             "half-width of its 95% interval; seeds ahead/level/behind; the verdict says whether the interval "
+             "excludes 0):", "",
+             "| model | estimator | best acc. difference | seeds a/l/b | verdict (best) | final acc. difference "
+             "| verdict (final) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b, f = r["best"], r["final"]
+        lines.append(f"| {r['model']} | {r['arm'].label} | {_points(b)} | {b['ahead']}/{b['level']}/{b['behind']} "
+                     f"| {verdict(b)} | {_points(f)} | {verdict(f)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _pct(s: dict[str, float]) -> str:
@@ -90,9 +171,11 @@ def section(record: dict[str, Any]) -> str:
             f"{record['commit'][:10]}; {versions}; {len(record['runs'])} runs in {record['wall_s'] / 60:.1f} min. "
             f"Recipe: {spec.epochs} epoch{'s' if spec.epochs > 1 else ''} of batch {spec.batch_size}, SGD lr {spec.lr:g} (momentum "
             f"{spec.momentum:g}, weight decay {spec.weight_decay:g}), {warmup}{spec.lr_schedule} lr schedule, "
-            f"t = {spec.t:g}; seeds 0-{spec.seeds - 1}. Accuracy: mean ± std (min-max) over seeds; the run's mean "
-            f"estimating error and total gradient stability: means over seeds; the last column: median over seeds "
-            f"and epochs.\n\n" + table(record))
+            f"t = {spec.t:g} for ReSTE and {spec.clipped_ste_t:g} for the clipped STE (the paper's STE); seeds "
+            f"0-{spec.seeds - 1}. Accuracy: mean ± std (min-max) over seeds; the run's mean estimating error and total "
+            f"gradient stability: means over seeds; the last column: median over seeds and epochs. Per-seed figures "
+            f"depend on the CPU and the thread count (float summation order); the spread over seeds does not.\n\n"
+            + table(record) + ("\n" + comparison_table(record) if comparisons(record) else ""))
 
 
 def replace_section(readme: str, body: str) -> str:

@@ -29,7 +29,7 @@ from torch import nn
 
 from bnnkit.artifacts import (ArtifactError, build_for_tensors, read_json, read_safetensors_table, read_tensors,
                               sha256_file)
-from bnnkit.train.config import RUN_FORMAT_VERSION, TrainConfig
+from bnnkit.train.config import RUN_FORMAT_VERSION, TrainConfig, saved_model_kwargs
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -269,6 +269,8 @@ def load_run(run_dir: str, map_location: str | torch.device = "cpu") -> tuple[nn
         raise ArtifactError(f"run {run_dir!r} has format version {config.get('format_version')!r}; "
                             f"this bnnkit reads {RUN_FORMAT_VERSION}")
     verify_run_files(run_dir, (CONFIG_FILE, MODEL_FILE))
+    if "model_kwargs" in config:
+        config["model_kwargs"] = saved_model_kwargs(config["model_kwargs"])  # bnnkit 0.1's estimator names
     model_path = os.path.join(run_dir, MODEL_FILE)
     model = build_for_tensors(lambda: models.create(config["model"], **config["model_kwargs"]),
                               read_safetensors_table(model_path, "model file"), f"run {run_dir!r}")

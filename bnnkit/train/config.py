@@ -84,6 +84,9 @@ class TrainConfig:
     ``amp``: ``"bf16"`` or ``"fp16"`` runs forward and loss under ``torch.autocast`` (fp16
     with a gradient scaler), ``None`` trains in float32. ``compile``: train through
     ``torch.compile(model)``.
+    ``t``: the clipping threshold of the estimator (``model_kwargs["estimator"]``, ReSTE by
+    default); ``None`` takes its default: 1.5 for ReSTE (the paper's), 1 for the clipped STE
+    (the paper's STE); estimators that do not clip keep ``None``.
     ``batch_size`` is the global batch: under torchrun each of N processes takes
     ``batch_size / N`` samples per step. ``sync_bn`` turns BatchNorm into SyncBatchNorm when
     training on several GPUs (batch statistics over the global batch).
@@ -103,7 +106,7 @@ class TrainConfig:
     warmup_epochs: int | None = None
     lr_schedule: str | None = None
     o_end: float = 3.0
-    t: float = 1.5
+    t: float | None = None
     seed: int = 0
     device: str = "auto"
     workers: int = 0
@@ -136,8 +139,8 @@ class TrainConfig:
                              f"{cfg.epochs}); pass --warmup-epochs 0 for a short run")
         if not 0 < cfg.lr <= MAX_LR:  # also refuses nan
             raise ValueError(f"learning rate (--lr) must be in (0, {MAX_LR:g}], got {cfg.lr}")
-        if not (math.isfinite(cfg.t) and cfg.t > RESTE_M):
-            raise ValueError(f"t (--t) must be a finite clipping threshold > {RESTE_M} (ReSTE's m), got {cfg.t}")
+        _check_threshold(cfg)
+        cfg = dataclasses.replace(cfg, t=_resolved_threshold(cfg))
         if not (math.isfinite(cfg.o_end) and cfg.o_end >= 1):
             raise ValueError(f"o_end must be >= 1, got {cfg.o_end}")
         if cfg.workers < 0:
@@ -153,11 +156,49 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> TrainConfig:
+        """The options saved in a run's ``config.json``; estimator names of bnnkit 0.1 are read as
+        the estimator they meant (:func:`bnnkit.estimators.saved_estimator_name`)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(obj) - names
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**obj)
+        return cls(**{**obj, "model_kwargs": saved_model_kwargs(obj.get("model_kwargs", {}))})
+
+
+def saved_model_kwargs(kwargs: Any) -> Any:
+    """A saved run's model arguments with a bnnkit 0.1 estimator name replaced by its meaning."""
+    from bnnkit.estimators import saved_estimator_name
+
+    if isinstance(kwargs, dict) and "estimator" in kwargs:
+        return {**kwargs, "estimator": saved_estimator_name(kwargs["estimator"])}
+    return kwargs
+
+
+def _estimator_of(cfg: TrainConfig) -> Any:
+    kwargs = cfg.model_kwargs if isinstance(cfg.model_kwargs, dict) else {}
+    return kwargs.get("estimator", "reste")
+
+
+def _resolved_threshold(cfg: TrainConfig) -> float | None:
+    from bnnkit.estimators import default_threshold
+
+    return cfg.t if cfg.t is not None else default_threshold(_estimator_of(cfg))
+
+
+def _check_threshold(cfg: TrainConfig) -> None:
+    """``t`` is a finite number above ReSTE's m = 0.1 for ReSTE, above 0 for the others."""
+    from bnnkit.estimators import check_estimator
+
+    if cfg.t is None:
+        check_estimator(_estimator_of(cfg))  # an unknown name is named here, not as a threshold problem
+        return
+    if isinstance(cfg.t, bool) or not isinstance(cfg.t, (int, float)):
+        raise ValueError(f"t (--t) must be a number, got {cfg.t!r}")
+    if _estimator_of(cfg) == "reste":
+        if not (math.isfinite(cfg.t) and cfg.t > RESTE_M):
+            raise ValueError(f"t (--t) must be a finite clipping threshold > {RESTE_M} (ReSTE's m), got {cfg.t}")
+    elif not (math.isfinite(cfg.t) and cfg.t > 0):
+        raise ValueError(f"t (--t) must be a finite clipping threshold > 0, got {cfg.t}")
 
 
 MAX_LR = 10.0

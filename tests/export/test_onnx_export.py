@@ -101,7 +101,7 @@ def test_a32_layers_shared_layers_and_3d_inputs(tmp_path):
         def __init__(self):
             super().__init__()
             self.real_input = BinaryLinear(6, 8, input_estimator=None, scale="channel")
-            self.shared = BinaryLinear(8, 8, weight_estimator="ste", input_estimator="approx_sign")
+            self.shared = BinaryLinear(8, 8, weight_estimator="identity_ste", input_estimator="approx_sign")
 
         def forward(self, x):  # x: (N, T, 6)
             h = torch.relu(self.real_input(x))

@@ -24,7 +24,7 @@ def test_every_member_has_a_constexpr_twin_with_its_code(enum):
 def test_values_are_the_words_of_layers_manifests_and_estimators():
     assert [k.value for k in InputKind] == ["int8", "binarize", "packed", "real"]
     assert [k.value for k in OutputKind] == ["acc", "float", "sign_int8", "packed"]
-    assert list(ESTIMATORS) == [k.value for k in EstimatorKind] == ["ste", "clipped_ste", "approx_sign", "reste"]
+    assert list(ESTIMATORS) == [k.value for k in EstimatorKind] == ["identity_ste", "clipped_ste", "approx_sign", "reste"]
     assert f"{InputKind.PACKED}" == "packed" and int(EstimatorKind.RESTE) == EstimatorKind.RESTE.code
 
 

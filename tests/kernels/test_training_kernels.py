@@ -193,7 +193,7 @@ def test_sign_grad_edge_values(dtype, kind):
         _assert_close(got, sign_grad_reference(x, grad_out, kind, o, t), dtype, f"{kind.name} o={o} t={t}")
         # NaN input: slope 1 for STE (gradient passes), 0 otherwise
         nan = torch.isnan(x)
-        want_nan = grad_out[nan] if kind == EstimatorKind.STE else torch.zeros_like(grad_out[nan])
+        want_nan = grad_out[nan] if kind == EstimatorKind.IDENTITY_STE else torch.zeros_like(grad_out[nan])
         assert torch.equal(got[nan], want_nan)
 
 
@@ -237,21 +237,21 @@ def test_sign_grad_mixed_grad_dtype_and_empty():
     got = sign_grad(x, grad_out, EstimatorKind.RESTE, 2.0, 1.5)
     _assert_close(got, sign_grad_reference(x, grad_out, EstimatorKind.RESTE, 2.0, 1.5), torch.bfloat16, "mixed")
     empty = torch.empty(0, 4, device=DEVICE)
-    assert sign_grad(empty, empty, EstimatorKind.STE).shape == (0, 4)
+    assert sign_grad(empty, empty, EstimatorKind.IDENTITY_STE).shape == (0, 4)
 
 
 def test_sign_grad_bad_arguments():
     x = torch.zeros(4, device=DEVICE)
     with pytest.raises(ValueError, match="shape"):
         sign_grad(x, torch.zeros(5, device=DEVICE), EstimatorKind.RESTE)
-    with pytest.raises(ValueError, match=r"unknown estimator kind 7; expected one of ste, clipped_ste"):
+    with pytest.raises(ValueError, match=r"unknown estimator kind 7; expected one of identity_ste, clipped_ste"):
         sign_grad(x, x, 7)
     with pytest.raises(ValueError, match="o must be a finite number > 0"):
         sign_grad(x, x, EstimatorKind.RESTE, o=0.0)
     with pytest.raises(ValueError, match="t must be > 0"):
         sign_grad(x, x, EstimatorKind.RESTE, o=2.0, t=float("nan"))
     with pytest.raises(TypeError, match="dtype torch.float64"):
-        sign_grad(x.double(), x.double(), EstimatorKind.STE)
+        sign_grad(x.double(), x.double(), EstimatorKind.IDENTITY_STE)
 
 
 # ---- scaled weight binarization -------------------------------------------------------------
