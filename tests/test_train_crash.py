@@ -16,6 +16,12 @@ Two ways of choosing the kill points:
 The trainers are forked from a forkserver that has imported torch and bnnkit once, so a trial
 costs a fraction of a second instead of a Python start; each trains on one thread, so every
 process computes bitwise the same numbers.
+
+Which epochs are new bests is forced, not left to the trajectory (which differs between CPUs
+and thread counts): every trainer reports the scripted test accuracies of
+:data:`SCRIPTED_TEST_ACC` (the weights, losses and everything else are real), so on every
+machine epochs 0 and 2 are new bests and epochs 1 and 3 are not, and the checkpoints carry a
+best model apart from the current one.
 """
 
 from __future__ import annotations
@@ -42,10 +48,32 @@ from bnnkit.train.checkpoint import (CHECKPOINT_FILE, CONFIG_FILE, MANIFEST_FILE
 
 FULL_SWEEP = os.environ.get("BNNKIT_CRASH_SWEEP") == "1"
 tqdm.get_lock()  # tqdm's multiprocessing lock, made once in the forkserver (a killed trainer would leak its own)
-# 4 epochs of a 16-wide MLP: epochs 1 and 3 are not new bests, so checkpoints carry a best model
-# apart from the current one (checked in test_reference_run_exercises_every_kind_of_epoch).
 OPTIONS = dict(model="digits_mlp", dataset="digits", epochs=4, batch_size=128, lr=0.2, model_kwargs={"hidden": 16},
                progress=False, seed=1)
+SCRIPTED_TEST_ACC = (0.5, 0.25, 0.75, 0.5)
+"""The test accuracy each trainer reports per epoch: epochs 0 and 2 are new bests, 1 and 3 are not."""
+
+
+def _script_test_accuracy() -> None:
+    """In this (trainer) process, make the training loop's evaluation report
+    ``SCRIPTED_TEST_ACC[epoch]`` as the test accuracy; the test loss stays the real one. The
+    epoch is the one the loop last gave the o schedule (it steps it once per epoch, first)."""
+    from bnnkit.schedule import OSchedule
+    from bnnkit.train import loop
+
+    current = {"epoch": None}
+    real_step, real_evaluate = OSchedule.step, loop.evaluate
+
+    def step(self, epoch):
+        current["epoch"] = epoch
+        return real_step(self, epoch)
+
+    def evaluate(*args, **kwargs):
+        loss, _ = real_evaluate(*args, **kwargs)
+        return loss, SCRIPTED_TEST_ACC[current["epoch"]]
+
+    OSchedule.step = step
+    loop.evaluate = evaluate
 
 
 def _config(out: str) -> TrainConfig:
@@ -57,6 +85,7 @@ def _trainer(out: str, resume: bool, kill_at: int | None, report: str | None, ho
     step; ``report``: write the write steps seen (or the error) there as JSON; ``hold``: after
     taking the directory, wait until this file exists."""
     torch.set_num_threads(1)
+    _script_test_accuracy()
     events: list[list[str]] = []
 
     def hook(event: str, path: str) -> None:
@@ -148,8 +177,12 @@ def test_reference_run_exercises_every_kind_of_epoch(reference):
     state, events = reference
     rows = state["metrics"]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
-    best_epochs = [i for i, r in enumerate(rows) if r["test_acc"] == r["best_test_acc"]]
-    assert 0 < len(best_epochs) < 4, "every epoch is a new best: the best-model path of checkpoints is untested"
+    assert [r["test_acc"] for r in rows] == list(SCRIPTED_TEST_ACC)
+    assert [r["best_test_acc"] for r in rows] == [0.5, 0.5, 0.75, 0.75]
+    assert state["progress"][1] == {"test_acc": 0.75, "epoch": 2}
+    # the best model saved is epoch 2's, kept in the checkpoint beside the last epoch's
+    assert all(torch.equal(state["model"][k], state["tensors"][f"best.{k}"]) for k in state["model"])
+    assert any(not torch.equal(state["model"][k], state["tensors"][f"model.{k}"]) for k in state["model"])
     assert {e for e, _ in events} == {"mkdir", "create", "locked", "written", "rename"}
     assert state["files"] == [".lock", CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, MANIFEST_FILE]
 

@@ -168,10 +168,16 @@ def test_an_image_model_without_a_value_range_takes_only_arrays(digits_artifact,
 
 
 def test_the_demo_ends_by_predicting_held_out_digits_from_png_files(digits_artifact, tmp_path):
+    """What the demo prints is the packed model's prediction on the first 8 held-out digits,
+    read back from the PNG files it wrote (how many are right depends on the trajectory, which
+    depends on the CPU and the thread count: not asserted)."""
     from bnnkit.cli.demo_cmd import predict_held_out_digits
 
     predictions, labels = predict_held_out_digits(str(digits_artifact), str(tmp_path / "digits"))
     assert labels == load_digits_raw("test")[1][:8].tolist()
     assert [p.input for p in predictions] == [str(tmp_path / "digits" / f"test-{i:03d}-label-{labels[i]}.png")
                                               for i in range(8)]
-    assert sum(p.classes[0] == y for p, y in zip(predictions, labels)) >= 6  # a briefly trained model
+    _, png_raw = _digit_pngs(tmp_path / "again", count=8)
+    direct = Predictor.from_export(digits_artifact, "packed").predict(png_raw, top_k=3)
+    assert [p.classes for p in predictions] == [p.classes for p in direct]
+    assert np.allclose([p.probabilities for p in predictions], [p.probabilities for p in direct], atol=1e-6)
