@@ -39,10 +39,10 @@ from collections.abc import Callable, Iterable
 import torch
 
 from bnnkit.artifacts import ArtifactError, check_writable, read_versioned_json, write_json
-from bnnkit.cli.values import positive_float
 
 from . import ceilings as ceilings_suite
 from .environment import run_metadata
+from .options import add_arguments  # noqa: F401  (bnnkit bench's options; re-exported)
 from .registry import REGISTRY, BenchContext, Case
 
 RUN_FORMAT = "bnnkit-bench-run"
@@ -61,7 +61,7 @@ SUITE_MODULES = {
 SUITES = tuple(SUITE_MODULES)
 # modules of the package that register no cases and are never imported as suites
 INFRASTRUCTURE_MODULES = {"registry", "timing", "environment", "runner", "recording", "plot", "readme_table",
-                          "__main__"}
+                          "options", "__main__"}
 REQUIRED_ROW_KEYS = ("case", "impl", "shape", "dtype", "median_ms", "p20_ms", "p80_ms")
 PACKAGE = __name__.rsplit(".", 1)[0]
 
@@ -368,32 +368,13 @@ def format_cases() -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``bnnkit bench`` and ``python -m benchmarks``."""
-    parser.add_argument("--suite", nargs="+", action="extend", default=None, metavar="SUITE",
-                        help=f"suites to run (default: all): {', '.join(SUITES)}; the ceilings are always measured")
-    parser.add_argument("--case", nargs="+", action="extend", default=None, metavar="GLOB",
-                        help="run only cases whose name matches one of these glob patterns")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer shapes and repetitions (the GPU check's mode); on a 2-core CPU shared with "
-                             "other jobs it took 83 s and 150 s (measured, 45-60 s of CPU time)")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
-                        help="device to measure (default: cuda when available, else cpu)")
-    parser.add_argument("--json", default=None, metavar="PATH",
-                        help="write the run file (rows, ceilings, suite status) to PATH, rewritten after every case")
-    parser.add_argument("--budget-s", type=positive_float, default=None, metavar="SECONDS",
-                        help="per suite: skip the cases not started after this many seconds")
-    parser.add_argument("--ceilings-from", default=None, metavar="RUN_JSON",
-                        help="take the ceilings from an earlier run file of the same device instead of measuring")
-    parser.add_argument("--list", action="store_true", help="list the suites and cases, run nothing")
-    parser.add_argument("--no-table", action="store_true", help="do not print the table of rows at the end")
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     """Run what ``args`` (from :func:`add_arguments`) asks; 0 if every case that ran succeeded, else 1."""
     if args.list:
         print(format_cases())
         return 0
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     given = None
     if args.ceilings_from is not None:

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from bnnkit.choices import DATASETS
 from bnnkit.inputs import InputSpec
-
-DATASETS = ("digits", "cifar10", "imagefolder", "synthetic")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

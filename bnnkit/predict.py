@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from bnnkit.choices import PREDICT_RUNTIMES
 from bnnkit.images import IMAGE_EXTENSIONS, is_image_file
 from bnnkit.inputs import InputSpec, spec_from_optional_json
 
 #: ``bnnkit predict --runtime`` names -> runtimes of :data:`bnnkit.export.validation.runtimes.RUNTIMES`
-#: (``onnxruntime``: CUDA when onnxruntime has it, else CPU).
-RUNTIME_CHOICES = ("packed", "onnxruntime", "trained")
+#: (``onnxruntime``: CUDA when onnxruntime has it, else CPU; ``onnxruntime-cpu`` / ``-cuda``: that provider).
+RUNTIME_CHOICES = PREDICT_RUNTIMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,16 +75,13 @@ class Predictor:
 
     @classmethod
     def from_export(cls, export_dir: str | os.PathLike, runtime: str = "packed") -> Predictor:
-        """The ``runtime`` (``packed``, ``onnxruntime``, ``trained``, or a name of
-        :data:`~bnnkit.export.validation.runtimes.RUNTIMES`) of an export directory, with the
+        """The ``runtime`` (one of :data:`RUNTIME_CHOICES`: ``packed``, ``onnxruntime``,
+        ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``trained``) of an export directory, with the
         input spec that runtime's own file records."""
-        from bnnkit.export.validation.runtimes import RUNTIMES
-
         export_dir = os.fspath(export_dir)
         _check_export_dir(export_dir)
-        if runtime not in RUNTIMES and runtime not in RUNTIME_CHOICES:
-            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIME_CHOICES)} "
-                             f"(or {', '.join(r for r in RUNTIMES if r not in RUNTIME_CHOICES)})")
+        if runtime not in RUNTIME_CHOICES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
         loaded = _load_runtime(export_dir, runtime)
         spec = _recorded_spec(export_dir, loaded)
         if spec is None:

@@ -80,6 +80,22 @@ def test_a_record_does_not_depend_on_the_number_of_jobs():
     assert strip(run_study(spec, jobs=2, log=lambda *a: None)) == strip(run_study(spec, jobs=1, log=lambda *a: None))
 
 
+def test_an_interrupted_study_resumes_from_its_runs(tmp_path, capsys):
+    spec = StudySpec(models=("digits_cnn",), estimators=("clipped_ste", "reste"), o_ends=(3.0,), seeds=1, epochs=2,
+                     warmup_epochs=0)
+    runs = str(tmp_path / "runs")
+    first = run_study(spec, runs_dir=runs, log=lambda *a: None)
+    again = run_study(spec, runs_dir=runs, resume=True, log=lambda *a: None)  # both runs finished: read back
+    assert first["resumed_runs"] == 0 and again["resumed_runs"] == 2 and again["runs"] == first["runs"]
+    args = ["study", "estimators", "--out", str(tmp_path), "--models", "digits_cnn", "--epochs", "2", "--seeds", "1",
+            "--estimators", "clipped_ste", "--jobs", "1", "--no-plots"]
+    assert main(args) == 2
+    assert "holds the runs of an earlier study: pass --resume" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    record = read_record(str(tmp_path / "estimators.json"))
+    assert record["resumed_runs"] == 1 and record["runs"] == first["runs"][:1]
+
+
 def test_paired_differences_and_their_verdicts():
     ahead = report.paired_difference([0.90, 0.92, 0.91, 0.93, 0.95], [0.88, 0.90, 0.90, 0.90, 0.92])
     assert ahead["mean"] == pytest.approx(0.022) and (ahead["ahead"], ahead["level"], ahead["behind"]) == (5, 0, 0)

@@ -253,3 +253,42 @@ def test_a_run_saved_under_the_old_name_ste_loads_and_resumes_as_identity_ste(tm
     resumed = json.loads((tmp_path / "old" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {k: v for k, v in resumed.items() if k != "time_s"} == \
         {k: v for k, v in straight.metrics[-1].items() if k != "time_s"}
+
+
+def test_every_row_records_where_it_ran_and_a_resume_elsewhere_says_so(tmp_path, monkeypatch, capsys):
+    """--threads is applied for the run only; every metrics row records the threads, torch's
+    version, the CPU and ATen's CPU kernels; a resume at another thread count continues (it
+    may end differently in the last bits) and prints one line saying so."""
+    from bnnkit.cli import main
+
+    before = torch.get_num_threads()
+    real_epoch = train_loop.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_loop, "train_one_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(digits_config(tmp_path / "r", epochs=2, threads=1), log=lambda *a: None)
+    monkeypatch.undo()
+    assert torch.get_num_threads() == before
+    row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["threads"] == 1 and row["torch"] == torch.__version__ and row["cpu"]
+    assert row["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+    assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--threads", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "note: this resume runs with threads 1 -> 2:" in out and out.count("note: this resume") == 1
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["threads"] for r in rows] == [1, 2]
+    assert torch.get_num_threads() == before
+    assert train_loop.environment_change(rows[0], {**rows[0]}) is None
+    assert train_loop.environment_change({"epoch": 0}, rows[0]) is None  # a bnnkit 0.1 row records nothing
+
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path / "x"), "--threads", "0", "--no-progress"])
+    assert "argument --threads: expected an integer >= 1, got '0'" in capsys.readouterr().err

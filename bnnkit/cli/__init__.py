@@ -1,22 +1,44 @@
-"""The ``bnnkit`` command line: one module per subcommand, each with ``add_parser(subparsers)``."""
+"""The ``bnnkit`` command line: one module per subcommand, each with ``add_parser(subparsers)``.
+
+Only the chosen subcommand's module is imported, and only its parser is built: ``bnnkit
+--version`` and ``bnnkit --help`` import neither torch nor the subcommands, and each
+subcommand imports torch, ONNX Runtime or Triton only when it runs (its parser takes its
+choices from the torch-free :mod:`bnnkit.choices`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from collections.abc import Iterable
 
-from bnnkit.artifacts import ArtifactError
 from bnnkit.version import __version__
 
-COMMANDS = ("train", "summary", "demo", "export", "validate", "predict", "plot", "bench", "study")
+COMMANDS: dict[str, str] = {
+    "train": "train a model with ReSTE",
+    "summary": "per-layer table of a model: bits, parameters, packed memory, MACs",
+    "demo": "train a binary network on the embedded digits set, export it (packed + ONNX), validate it and predict "
+            "held-out digits saved as PNG",
+    "export": "pack a trained run (1 bit per binary weight), optionally with an ONNX graph",
+    "validate": "compare the trained model, the packed model and ONNX Runtime on the same inputs",
+    "predict": "run an export on your own images or .npy arrays; print the top classes",
+    "plot": "draw a run's training curves (loss, accuracy, lr, o, indicators) to a PNG",
+    "bench": "run the benchmark suites (quantize, gemm, conv, model, train, onnx) with measured ceilings",
+    "study": "recorded studies of the paper's claims (the estimator study on the digits models)",
+}
+"""Every subcommand and its one-line help (module ``bnnkit.cli.<name>_cmd``)."""
 
 # Errors caused by what the user asked for: shown as one line, without a traceback.
+# (bnnkit.artifacts.ArtifactError is a ValueError.)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError,
-               ArtifactError, ImportError, NotImplementedError)
+               ImportError, NotImplementedError)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``bnnkit`` parser with the full parsers of ``commands`` (default: every command);
+    the other commands are listed with their help only (their modules are not imported)."""
+    full = set(COMMANDS if commands is None else commands)
     parser = argparse.ArgumentParser(
         prog="bnnkit",
         description="Binary neural networks for PyTorch: train with ReSTE, export packed models, "
@@ -24,13 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bnnkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"bnnkit.cli.{name}_cmd").add_parser(subparsers)
+    for name, help_text in COMMANDS.items():
+        if name in full:
+            importlib.import_module(f"bnnkit.cli.{name}_cmd").add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word, ``bnnkit`` having no other positional)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = chosen_command(argv)
+    parser = build_parser([] if command is None else [command])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

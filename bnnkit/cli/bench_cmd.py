@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from bnnkit.cli import COMMANDS
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "bench", help="run the benchmark suites (quantize, gemm, conv, model, train, onnx) with measured ceilings",
+        "bench", help=COMMANDS["bench"],
         description="Run the benchmark suites on one device and print a table of rows; --json writes the run file "
                     "(every row with suite, case, shape, dtype, device, library versions, git commit, date, median "
                     "and p20/p80 ms, GB/s or TOPS, percent of the ceilings measured in the same run, speedup over "
@@ -15,7 +17,7 @@ def add_parser(subparsers) -> None:
                     "reported as skipped; a failing case is reported and the others still run (exit code 1). "
                     "Record a run with 'python -m bnnkit.benchmarks.recording merge RUN.json'.",
     )
-    from bnnkit.benchmarks.runner import add_arguments
+    from bnnkit.benchmarks.options import add_arguments
 
     add_arguments(p)
     p.set_defaults(run=run)

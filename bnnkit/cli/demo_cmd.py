@@ -7,11 +7,13 @@ import dataclasses
 import os
 import tempfile
 
+from bnnkit.cli import COMMANDS
+from bnnkit.cli.values import add_threads_argument, apply_threads
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="train a binary network on the embedded digits set, export it (packed + ONNX), validate it "
-                     "and predict held-out digits saved as PNG",
+        "demo", help=COMMANDS["demo"],
         description="The main job on the embedded default: train digits_mlp (1-bit weights and activations) on "
                     "scikit-learn's handwritten digits with the ReSTE recipe, print its summary, export it "
                     "(the packed model and an ONNX graph with packed weights), and validate the packed model "
@@ -25,6 +27,7 @@ def add_parser(subparsers) -> None:
                    help="digits model to train (default digits_mlp)")
     p.add_argument("--epochs", type=int, default=None, help="epochs, >= 1 (default: the digits default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_threads_argument(p)
     p.set_defaults(run=run)
 
 
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from bnnkit.summary import summarize
     from bnnkit.train import TrainConfig, load_run, train
 
-    config = TrainConfig(model=args.model, dataset="digits", out="", epochs=args.epochs,
+    config = TrainConfig(model=args.model, dataset="digits", out="", epochs=args.epochs, threads=args.threads,
                          progress=not args.no_progress)
     config.resolved()  # a bad option stops here, before any directory or output
     if args.out is not None:
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             if os.path.exists(os.path.join(args.out, existing)):
                 raise FileExistsError(f"{os.path.join(args.out, existing)!r} already exists (an earlier demo?); "
                                       "choose another --out")
+    apply_threads(args.threads)  # for export, validation and prediction too
     out = args.out or tempfile.mkdtemp(prefix="bnnkit-demo-")
     run_dir = os.path.join(out, "run")
     export_dir = os.path.join(out, "export")

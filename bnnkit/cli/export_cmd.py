@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from bnnkit.cli import COMMANDS
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="pack a trained run (1 bit per binary weight), optionally with an ONNX graph",
+        "export", help=COMMANDS["export"],
         description="Export the best model of a training run to DIR: the packed artifact (binary weights to bits, "
                     "BatchNorm and scales folded into per-channel epilogues; DIR/model.safetensors + "
                     "DIR/manifest.json, format: docs/format.md; load it with bnnkit.export.load(DIR)), a copy of "

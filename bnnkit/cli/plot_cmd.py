@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from bnnkit.cli import COMMANDS
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "plot", help="draw a run's training curves (loss, accuracy, lr, o, indicators) to a PNG",
+        "plot", help=COMMANDS["plot"],
         description="Draw, per epoch, train/test loss and accuracy, the learning rate, ReSTE's o, and the "
                     "paper's two indicators (estimating error, gradient stability) from each RUN_DIR's "
                     "metrics.jsonl into one PNG. Several runs share the panels, one color each (to compare "

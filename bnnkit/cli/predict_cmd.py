@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from bnnkit.choices import PREDICT_RUNTIMES
+from bnnkit.cli import COMMANDS
+from bnnkit.cli.values import add_threads_argument, apply_threads
+
 
 def add_parser(subparsers) -> None:
-    from bnnkit.predict import RUNTIME_CHOICES
-
     p = subparsers.add_parser(
-        "predict", help="run an export on your own images or .npy arrays; print the top classes",
+        "predict", help=COMMANDS["predict"],
         description="Run an export directory (bnnkit export) on image files (PNG, JPEG, ...), folders of them, or "
                     ".npy arrays of raw inputs (as the dataset stores them: digits 0..16, image pixels 0..255; "
                     "shape (N, C, H, W) or one (C, H, W)). Inputs are preprocessed as the model was trained (the "
@@ -19,14 +21,16 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="an export directory (bnnkit export RUN_DIR --out DIR)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or .npy arrays")
-    p.add_argument("--runtime", default="packed", choices=RUNTIME_CHOICES,
+    p.add_argument("--runtime", default="packed", choices=PREDICT_RUNTIMES,
                    help="which model of the export runs: packed (default; Triton kernels on GPU, PyTorch "
-                        "elsewhere), onnxruntime (model.onnx; CUDA when available), trained (the PyTorch model)")
+                        "elsewhere), onnxruntime (model.onnx in ONNX Runtime: its CUDA provider when available, "
+                        "else CPU; onnxruntime-cpu / onnxruntime-cuda choose one), trained (the PyTorch model)")
     p.add_argument("--top-k", type=int, default=5, metavar="K",
                    help="classes shown per input (default 5, at most the number of classes)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B", help="inputs per batch (default 64)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the predictions as JSON to PATH")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(p)
     p.set_defaults(run=run)
 
 
@@ -40,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    apply_threads(args.threads)
     predictor = Predictor.from_export(args.export_dir, args.runtime)
     predictions = predictor.predict(args.inputs, top_k=args.top_k, batch_size=args.batch_size,
                                     progress=not args.no_progress)

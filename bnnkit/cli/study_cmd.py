@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from bnnkit.estimators import list_estimators
+from bnnkit.choices import ESTIMATORS
+from bnnkit.cli import COMMANDS
 
 
 def _spec_defaults():
@@ -16,7 +17,7 @@ def _spec_defaults():
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "study", help="recorded studies of the paper's claims (the estimator study on the digits models)",
+        "study", help=COMMANDS["study"],
         description="Recorded studies of the paper's claims. 'estimators' trains the digits models with every "
                     "estimator (ReSTE at several o_end) over several seeds and records accuracy and the two "
                     "indicators per epoch; 'readme' regenerates the README's table from the record; 'plot' "
@@ -38,7 +39,7 @@ def add_parser(subparsers) -> None:
     est.add_argument("--out", required=True, metavar="DIR", help="directory for the record and the figures")
     est.add_argument("--models", nargs="+", default=list(spec.models), metavar="NAME",
                      help=f"digits models to train (default: {' '.join(spec.models)})")
-    est.add_argument("--estimators", nargs="+", default=list(spec.estimators), choices=list_estimators(),
+    est.add_argument("--estimators", nargs="+", default=list(spec.estimators), choices=ESTIMATORS,
                      metavar="NAME", help=f"estimators (default: {' '.join(spec.estimators)})")
     est.add_argument("--o-ends", nargs="+", type=float, default=list(spec.o_ends), metavar="O",
                      help=f"ReSTE's final o, one run per value (default: {' '.join(f'{o:g}' for o in spec.o_ends)})")
@@ -53,6 +54,10 @@ def add_parser(subparsers) -> None:
                           "on a 1-core machine); the record does not depend on it")
     est.add_argument("--device", default="cpu", help="device of every run (default cpu)")
     est.add_argument("--keep-runs", action="store_true", help="keep the run directories in OUT/runs")
+    est.add_argument("--resume", action="store_true",
+                     help="continue a study interrupted with --keep-runs (or --resume): the finished runs in OUT/runs "
+                          "are read back and the interrupted ones resumed exactly (implies --keep-runs; the options "
+                          "must be those it was started with)")
     est.add_argument("--no-plots", action="store_true", help="write the record and the table only")
     est.set_defaults(run=run_estimators)
 
@@ -87,8 +92,12 @@ def run_estimators(args: argparse.Namespace) -> int:
     spec = StudySpec(models=tuple(args.models), estimators=tuple(args.estimators), o_ends=tuple(args.o_ends),
                      seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,
                      warmup_epochs=_warmup(args)).check()
+    runs_dir = os.path.join(args.out, "runs")
+    if not args.resume and os.path.isdir(runs_dir) and os.listdir(runs_dir):
+        raise FileExistsError(f"{runs_dir!r} holds the runs of an earlier study: pass --resume to continue it, or "
+                              "choose another --out")
     record = run_study(spec, jobs=args.jobs, device=args.device,
-                       runs_dir=os.path.join(args.out, "runs") if args.keep_runs else None)
+                       runs_dir=runs_dir if args.keep_runs or args.resume else None, resume=args.resume)
     path = os.path.join(args.out, RECORD_FILE)
     write_record(path, record)
     print(report.section(record))

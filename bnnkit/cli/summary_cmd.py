@@ -6,20 +6,21 @@ import argparse
 import json
 import os
 
-from bnnkit.models import list_models
+from bnnkit.choices import MODELS
+from bnnkit.cli import COMMANDS
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "summary", help="per-layer table of a model: bits, parameters, packed memory, MACs",
+        "summary", help=COMMANDS["summary"],
         description="Print a per-layer table of a zoo model or a trained run: input and weight bits, parameters, "
                     "packed memory (1 bit per binary weight, 32 bits per other parameter), multiply-accumulates, "
                     "and totals with the fp32-equivalent size and the compression ratio.",
     )
     p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR",
                    help="a training run directory, or a packed artifact directory (bnnkit export --out)")
-    p.add_argument("--model", default=None, choices=list_models(), metavar="NAME",
-                   help=f"a zoo model instead of a run ({', '.join(list_models())})")
+    p.add_argument("--model", default=None, choices=MODELS, metavar="NAME",
+                   help=f"a zoo model instead of a run ({', '.join(MODELS)})")
     p.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
                    help="input shape without batch, e.g. 3 224 224 (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from bnnkit.data import DATASETS
-from bnnkit.estimators import list_estimators
-from bnnkit.kernels.weight_binarize import SCALE_MODES
-from bnnkit.models import list_models
+from bnnkit.choices import DATASETS, ESTIMATORS, MODELS, SCALE_MODES
+from bnnkit.cli import COMMANDS
+from bnnkit.cli.values import add_threads_argument
 from bnnkit.train.config import DATASET_DEFAULTS, LR_SCHEDULES, MODEL_RECIPES, TrainConfig
 
 
@@ -37,7 +36,7 @@ def _model_arg(text: str) -> tuple[str, object]:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a model with ReSTE",
+        "train", help=COMMANDS["train"],
         description="Train a zoo model with the ReSTE recipe of the paper (SGD with momentum, cosine learning "
                     "rate as the reference code sets it or a clean warm-up + cosine, cosine o schedule). Writes "
                     "DIR/metrics.jsonl, DIR/model.safetensors (best test accuracy), DIR/config.json, "
@@ -47,8 +46,8 @@ def add_parser(subparsers) -> None:
                     "Under torchrun (torchrun --nproc_per_node N -m bnnkit train ...) every process trains "
                     "data-parallel with DistributedDataParallel and rank 0 writes the run.",
     )
-    p.add_argument("--model", default=None, choices=list_models(), metavar="NAME",
-                   help=f"zoo model ({', '.join(list_models())}); default digits_mlp")
+    p.add_argument("--model", default=None, choices=MODELS, metavar="NAME",
+                   help=f"zoo model ({', '.join(MODELS)}); default digits_mlp")
     p.add_argument("--dataset", default=None, choices=DATASETS,
                    help="dataset; default: the model's own (digits for digits_*, cifar10 for the CIFAR models, "
                         "imagefolder for resnet18/34)")
@@ -77,7 +76,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--t", type=float, default=None,
                    help="clipping threshold of the estimator: gradients pass where |x| <= t (default: 1.5 for reste, "
                         "> 0.1; 1 for clipped_ste, the paper's STE)")
-    p.add_argument("--estimator", default=None, choices=list_estimators(),
+    p.add_argument("--estimator", default=None, choices=ESTIMATORS,
                    help="straight-through estimator of weights and activations: reste (default), clipped_ste "
                         "(gradient 1 where |x| <= t: the STE of the ReSTE paper), identity_ste (gradient 1 "
                         "everywhere), approx_sign (Bi-Real Net's 2 - 2|x| inside |x| <= 1)")
@@ -89,6 +88,8 @@ def add_parser(subparsers) -> None:
                    help="extra model constructor argument, e.g. hidden=256 (repeatable; VALUE parsed as JSON)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
+    add_threads_argument(p, "; every metrics row records the count, and a --resume with another count says so "
+                            "(the run then continues exactly only at the same count)")
     p.add_argument("--workers", type=int, default=None, help="data loader worker processes (default 0)")
     p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=["bf16", "fp16"],
                    help="mixed precision: forward and loss under torch.autocast in bf16 (the default of a bare "
@@ -115,7 +116,8 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
              "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
              "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "lr_schedule": "lr_schedule",
              "o_end": "o_end", "t": "t",
-             "seed": "seed", "device": "device", "workers": "workers", "amp": "amp", "compile": "compile",
+             "seed": "seed", "device": "device", "threads": "threads", "workers": "workers", "amp": "amp",
+             "compile": "compile",
              "sync_bn": "sync_bn"}
     for arg, field in names.items():
         value = getattr(args, arg)

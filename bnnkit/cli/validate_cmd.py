@@ -5,22 +5,24 @@ from __future__ import annotations
 import argparse
 import os
 
-from bnnkit.cli.values import nonnegative_float
-from bnnkit.data import DATASETS
+from bnnkit.choices import DATASETS, VALIDATE_RUNTIMES
+from bnnkit.cli import COMMANDS
+from bnnkit.cli.values import add_threads_argument, apply_threads, nonnegative_float
 
 EXIT_DISAGREES = 1
 
 
-def add_parser(subparsers) -> None:
-    from bnnkit.export.validation.compare import RELATIVE_TOLERANCE
-    from bnnkit.export.validation.runtimes import REFERENCE, RUNTIMES
+DEFAULT_TOLERANCE = 1e-4
+"""``--tolerance``'s default: :data:`bnnkit.export.RELATIVE_TOLERANCE` (a test checks they agree;
+kept here so that the parser imports no torch)."""
 
-    others = [r for r in RUNTIMES if r != REFERENCE]
+
+def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "validate", help="compare the trained model, the packed model and ONNX Runtime on the same inputs",
+        "validate", help=COMMANDS["validate"],
         description="Run the trained model (eval, from ARTIFACT_DIR/trained), the packed model (ARTIFACT_DIR/"
                     "manifest.json; Triton on GPU, PyTorch elsewhere) and the ONNX graph (ARTIFACT_DIR/model.onnx) "
-                    "in ONNX Runtime (CPU; CUDA when available) on the first N test samples. Prints per runtime the "
+                    "in ONNX Runtime (CPU, and CUDA when available) on the first N test samples. Prints per runtime the "
                     "max abs and relative difference to the trained model evaluated in float64, top-1 agreement, "
                     "flips at near-ties, accuracy and latency, and writes the same as JSON. Exits with 1 when a "
                     "runtime disagrees on a sample (other top-1 or relative difference above the tolerance) that "
@@ -34,13 +36,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-dir", default=None, metavar="D", help="directory of cifar10 / imagefolder data")
     p.add_argument("--samples", type=int, default=256, metavar="N", help="number of test samples (default 256)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of every runtime (default 64)")
-    p.add_argument("--runtime", action="append", default=None, choices=others, dest="runtimes",
-                   help=f"compare only these runtimes (repeatable; {', '.join(others)}); a named runtime that "
-                        "is unavailable fails. Default: all, skipping unavailable ones")
-    p.add_argument("--tolerance", type=nonnegative_float, default=RELATIVE_TOLERANCE,
-                   help=f"largest relative difference accepted (default {RELATIVE_TOLERANCE:g}, for fp32)")
+    p.add_argument("--runtime", action="append", default=None, choices=VALIDATE_RUNTIMES, dest="runtimes",
+                   help=f"compare only these runtimes (repeatable; {', '.join(VALIDATE_RUNTIMES)}; onnxruntime is "
+                        "ONNX Runtime's CUDA provider when it has one here, else its CPU provider, as in bnnkit "
+                        "predict); a named runtime that is unavailable fails. Default: all, skipping unavailable "
+                        "ones")
+    p.add_argument("--tolerance", type=nonnegative_float, default=DEFAULT_TOLERANCE,
+                   help=f"largest relative difference accepted (default {DEFAULT_TOLERANCE:g}, for fp32)")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="where to write the JSON report (default ARTIFACT_DIR/validation.json)")
+    add_threads_argument(p)
     p.set_defaults(run=run)
 
 
@@ -85,9 +90,10 @@ def run(args: argparse.Namespace) -> int:
 
     from bnnkit import schema
     from bnnkit.artifacts import ArtifactError, check_writable, read_json, write_json
-    from bnnkit.export.validation.runtimes import TRAINED_DIR
+    from bnnkit.export.validation.runtimes import TRAINED_DIR, resolve_onnxruntime
     from bnnkit.export.validation.report import validate_artifact
 
+    apply_threads(args.threads)
     directory = args.artifact_dir
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"artifact directory {directory!r} does not exist")
@@ -108,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     data = args.data or config.get("train", {}).get("dataset", "synthetic")
     inputs, labels = load_inputs(data, args.data_dir or config.get("train", {}).get("data_dir"), args.samples,
                                  input_shape, num_classes)
-    report = validate_artifact(directory, inputs, labels, runtimes=args.runtimes, batch_size=args.batch_size,
+    runtimes = None if args.runtimes is None else list(dict.fromkeys(resolve_onnxruntime(r) for r in args.runtimes))
+    report = validate_artifact(directory, inputs, labels, runtimes=runtimes, batch_size=args.batch_size,
                                tolerance=args.tolerance, data=data)
     print(report.to_text())
     write_json(json_path, report.to_json())

@@ -31,3 +31,31 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+THREADS_HELP = ("CPU threads of PyTorch (intra-op) and ONNX Runtime (default: PyTorch's, one per physical core); "
+                "on a small machine shared with other jobs, 1 can be several times faster")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """``--threads N`` (default None: PyTorch's own choice)."""
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help=THREADS_HELP + what)
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set PyTorch's intra-op threads (which ONNX Runtime sessions of bnnkit follow) when given."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)

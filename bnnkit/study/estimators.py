@@ -13,7 +13,7 @@ The record (``estimators.json``, :data:`STUDY_FORMAT` version :data:`STUDY_VERSI
 
     {"format": "bnnkit-study-estimators", "version": 2,
      "device": ..., "torch": ..., "commit": ..., "date": ..., ...,   # as benchmark rows
-     "jobs": 2, "threads_per_job": 1, "wall_s": 812.4,
+     "jobs": 2, "threads_per_job": 1, "wall_s": 812.4, "resumed_runs": 0,
      "spec": {...StudySpec...},
      "runs": [{"model": "digits_mlp", "estimator": "reste", "o_end": 3.0, "t": 1.5, "seed": 0,
                "best_test_acc": ..., "best_epoch": ..., "final_test_acc": ...,
@@ -41,14 +41,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
+from bnnkit.choices import ESTIMATORS
+from bnnkit.train.config import TrainConfig, check_lr_schedule
 
-from bnnkit.artifacts import ArtifactError, atomic_path, read_versioned_json
-from bnnkit.estimators import check_o, list_estimators
-from bnnkit.kernels.sign_grad import RESTE_M
-from bnnkit.models import model_info
-from bnnkit.train import TrainConfig, train
-from bnnkit.train.config import check_lr_schedule
+# The command line builds its parser from StudySpec: torch and the rest load where used.
 
 STUDY_FORMAT = "bnnkit-study-estimators"
 STUDY_VERSION = 2  # 2: the paper's STE (clipped_ste at t = 1), identity_ste, "t" per run
@@ -110,15 +106,19 @@ class StudySpec:
 
     def check(self) -> StudySpec:
         """Raise ``ValueError`` naming the first bad field; returns ``self``."""
+        from bnnkit.estimators import check_o
+        from bnnkit.kernels.sign_grad import RESTE_M
+        from bnnkit.models import model_info
+
         for model in self.models:
             if model_info(model).dataset != "digits":
                 raise ValueError(f"the estimator study trains on the digits set; model {model!r} is a "
                                  f"{model_info(model).dataset} model (use digits_mlp or digits_cnn)")
         if not self.models or len(set(self.models)) != len(self.models):
             raise ValueError(f"models must be distinct and at least one, got {list(self.models)}")
-        unknown = [e for e in self.estimators if e not in list_estimators()]
+        unknown = [e for e in self.estimators if e not in ESTIMATORS]
         if unknown or not self.estimators or len(set(self.estimators)) != len(self.estimators):
-            raise ValueError(f"estimators must be distinct names among {', '.join(list_estimators())}, "
+            raise ValueError(f"estimators must be distinct names among {', '.join(ESTIMATORS)}, "
                              f"got {list(self.estimators)}")
         if "reste" in self.estimators and not self.o_ends:
             raise ValueError("reste needs at least one o_end (--o-ends)")
@@ -184,6 +184,8 @@ def _significant(value: float, digits: int = 6) -> float:
 def _one_thread() -> Iterator[None]:
     """Runs are single-threaded wherever they run (in this process or a worker), so a record
     does not depend on how many jobs made it."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -192,13 +194,15 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_one(config: dict[str, Any]) -> dict[str, Any]:
-    """Train one run (a :class:`TrainConfig` as JSON) and return its record entry."""
+def run_one(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+    """Train one run (a :class:`TrainConfig` as JSON; ``resume``: continue the run in its
+    directory, or read it back when it is finished) and return its record entry. ``time_s``
+    is the run's training time, the sum of its epochs'."""
+    from bnnkit.train.loop import train
+
     cfg = TrainConfig.from_json(config)
     with _one_thread():
-        started = time.perf_counter()
-        result = train(cfg, log=lambda *a, **k: None)
-        elapsed = time.perf_counter() - started
+        result = train(cfg, resume=resume, log=lambda *a, **k: None)
     rows = result.metrics
     return {
         "model": cfg.model, "estimator": cfg.model_kwargs["estimator"], "o_end": cfg.o_end, "t": cfg.t,
@@ -206,7 +210,7 @@ def run_one(config: dict[str, Any]) -> dict[str, Any]:
         "best_test_acc": result.best_test_acc, "best_epoch": result.best_epoch,
         "final_test_acc": rows[-1]["test_acc"],
         **{k: _significant(v) for k, v in result.indicators.items()},
-        "time_s": round(elapsed, 2),
+        "time_s": round(sum(r["time_s"] for r in rows), 2),
         "epochs": {f: [float(r[f]) if f in EXACT_FIELDS else _significant(float(r[f])) for r in rows]
                    for f in EPOCH_FIELDS},
     }
@@ -223,14 +227,20 @@ def _run_metadata(device: str) -> dict[str, Any]:
 
 
 def run_study(spec: StudySpec, *, jobs: int = 1, device: str = "cpu", runs_dir: str | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every (model, arm, seed) of ``spec`` and return the record (see the module
     docstring). ``jobs`` > 1 trains that many runs at once in worker processes; every run is
     single-threaded either way. Run directories go to ``runs_dir`` (kept) or a temporary
-    directory (removed)."""
+    directory (removed). ``resume=True`` continues an interrupted study from ``runs_dir``:
+    its finished runs are read back, its interrupted ones resumed exactly (the record counts
+    them in ``resumed_runs``)."""
+    from bnnkit.train.rundir import holds_run
+
     spec.check()
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if resume and runs_dir is None:
+        raise ValueError("resuming a study needs the directory of its runs")
     meta = _run_metadata(device)
     tasks = [(model, arm, seed) for model in spec.models for arm in spec.arms() for seed in range(spec.seeds)]
     started = time.perf_counter()
@@ -241,6 +251,7 @@ def run_study(spec: StudySpec, *, jobs: int = 1, device: str = "cpu", runs_dir: 
                                      device).to_json()
                    for model, arm, seed in tasks]
         runs: list[dict[str, Any] | None] = [None] * len(tasks)
+        continued = [resume and holds_run(config["out"]) for config in configs]
 
         def done(i: int, run: dict[str, Any]) -> None:
             runs[i] = run
@@ -250,19 +261,22 @@ def run_study(spec: StudySpec, *, jobs: int = 1, device: str = "cpu", runs_dir: 
 
         if jobs == 1:
             for i, config in enumerate(configs):
-                done(i, run_one(config))
+                done(i, run_one(config, continued[i]))
         else:
             context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
             with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-                futures = {pool.submit(run_one, config): i for i, config in enumerate(configs)}
+                futures = {pool.submit(run_one, config, continued[i]): i for i, config in enumerate(configs)}
                 for future in concurrent.futures.as_completed(futures):
                     done(futures[future], future.result())
     return {"format": STUDY_FORMAT, "version": STUDY_VERSION, **meta, "jobs": jobs, "threads_per_job": 1,
-            "wall_s": round(time.perf_counter() - started, 1), "spec": spec.to_json(), "runs": runs}
+            "wall_s": round(time.perf_counter() - started, 1), "resumed_runs": sum(continued),
+            "spec": spec.to_json(), "runs": runs}
 
 
 def write_record(path: str, record: dict[str, Any]) -> None:
     """Write ``record`` atomically: indented, one line per run."""
+    from bnnkit.artifacts import atomic_path
+
     header = {k: v for k, v in record.items() if k != "runs"}
     runs = ",\n".join("    " + json.dumps(r) for r in record["runs"])
     text = json.dumps(header, indent=2)[:-2] + ',\n  "runs": [\n' + runs + "\n  ]\n}\n"
@@ -273,6 +287,8 @@ def write_record(path: str, record: dict[str, Any]) -> None:
 
 def read_record(path: str) -> dict[str, Any]:
     """A study record, checked: every run has its fields and one value per epoch in each list."""
+    from bnnkit.artifacts import ArtifactError, read_versioned_json
+
     doc = read_versioned_json(path, "estimator study record", fmt=STUDY_FORMAT, version=STUDY_VERSION)
     try:
         spec = StudySpec.from_json(doc["spec"])

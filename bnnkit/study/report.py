@@ -17,8 +17,6 @@ import statistics
 import sys
 from typing import Any
 
-from bnnkit.artifacts import ArtifactError
-
 from .estimators import RECORD_FILE, StudySpec, read_record, runs_of
 
 BEGIN = "<!-- study-table -->"
@@ -166,9 +164,12 @@ def section(record: dict[str, Any]) -> str:
     versions = ", ".join(f"{lib} {record[lib]}" for lib in ("torch", "python") if record.get(lib))
     load = f", load average {record['load_avg']:g} at the start" if record.get("load_avg") is not None else ""
     warmup = f"{spec.warmup_epochs}-epoch warm-up, " if spec.warmup_epochs else ""
+    resumed = record.get("resumed_runs", 0)
+    carried = f" ({resumed} of them continued from an interrupted invocation)" if resumed else ""
     return (f"**{record['device']}** ({record['device_type']}, {record['jobs']} runs at a time, "
             f"{record['threads_per_job']} thread each{load}), measured {record['date'][:10]} at commit "
-            f"{record['commit'][:10]}; {versions}; {len(record['runs'])} runs in {record['wall_s'] / 60:.1f} min. "
+            f"{record['commit'][:10]}; {versions}; {len(record['runs'])} runs in {record['wall_s'] / 60:.1f} "
+            f"min{carried}. "
             f"Recipe: {spec.epochs} epoch{'s' if spec.epochs > 1 else ''} of batch {spec.batch_size}, SGD lr {spec.lr:g} (momentum "
             f"{spec.momentum:g}, weight decay {spec.weight_decay:g}), {warmup}{spec.lr_schedule} lr schedule, "
             f"t = {spec.t:g} for ReSTE and {spec.clipped_ste_t:g} for the clipped STE (the paper's STE); seeds "
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         with open(readme_path) as f:
             readme = f.read()
         updated = replace_section(readme, section(record))
-    except (ValueError, OSError, ArtifactError) as e:
+    except (ValueError, OSError) as e:  # an ArtifactError is a ValueError
         print(f"study report: error: {e}", file=sys.stderr)
         return 2
     if args.check:

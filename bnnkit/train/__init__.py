@@ -1,7 +1,22 @@
-"""Training: the paper's recipe, run directories, resume."""
+"""Training: the paper's recipe, run directories, resume.
 
-from bnnkit.train.checkpoint import load_run
-from bnnkit.train.config import DATASET_DEFAULTS, TrainConfig, lr_at
-from bnnkit.train.loop import TrainResult, evaluate, train
+The names below are imported on first use (PEP 562): the command line reads
+:mod:`bnnkit.train.config` to build its parser without importing torch.
+"""
+
+from bnnkit._lazy import lazy_attributes
+
+_EXPORTS = {
+    "DATASET_DEFAULTS": "bnnkit.train.config",
+    "TrainConfig": "bnnkit.train.config",
+    "TrainResult": "bnnkit.train.loop",
+    "evaluate": "bnnkit.train.loop",
+    "load_run": "bnnkit.train.checkpoint",
+    "lr_at": "bnnkit.train.config",
+    "train": "bnnkit.train.loop",
+}
+_SUBMODULES = ("checkpoint", "config", "distributed", "indicators", "loop", "rundir")
+
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, _SUBMODULES)
 
 __all__ = ["DATASET_DEFAULTS", "TrainConfig", "TrainResult", "evaluate", "load_run", "lr_at", "train"]

@@ -7,9 +7,7 @@ import functools
 import math
 from typing import Any
 
-import torch
-
-from bnnkit.kernels.sign_grad import RESTE_M
+# Imported by the command line to build its parser: torch and the kernels load where used.
 
 RUN_FORMAT_VERSION = 2
 
@@ -84,6 +82,10 @@ class TrainConfig:
     ``amp``: ``"bf16"`` or ``"fp16"`` runs forward and loss under ``torch.autocast`` (fp16
     with a gradient scaler), ``None`` trains in float32. ``compile``: train through
     ``torch.compile(model)``.
+    ``threads``: PyTorch's CPU threads while the run trains (``None``: PyTorch's default, one
+    per physical core); every metrics row records the count in effect. A run resumed with
+    another count (or another torch build or CPU kernels) continues, but its remaining epochs
+    may differ in the last bits from the uninterrupted run's; the resume says so.
     ``t``: the clipping threshold of the estimator (``model_kwargs["estimator"]``, ReSTE by
     default); ``None`` takes its default: 1.5 for ReSTE (the paper's), 1 for the clipped STE
     (the paper's STE); estimators that do not clip keep ``None``.
@@ -109,6 +111,7 @@ class TrainConfig:
     t: float | None = None
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None
     workers: int = 0
     progress: bool = True
     amp: str | None = None
@@ -195,6 +198,8 @@ def _check_threshold(cfg: TrainConfig) -> None:
     if isinstance(cfg.t, bool) or not isinstance(cfg.t, (int, float)):
         raise ValueError(f"t (--t) must be a number, got {cfg.t!r}")
     if _estimator_of(cfg) == "reste":
+        from bnnkit.kernels.sign_grad import RESTE_M
+
         if not (math.isfinite(cfg.t) and cfg.t > RESTE_M):
             raise ValueError(f"t (--t) must be a finite clipping threshold > {RESTE_M} (ReSTE's m), got {cfg.t}")
     elif not (math.isfinite(cfg.t) and cfg.t > 0):
@@ -215,6 +220,9 @@ def _check_optimizer_and_model(cfg: TrainConfig) -> None:
     from bnnkit import models
     from bnnkit.nn.layers import binary_layers
 
+    if cfg.threads is not None and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int)
+                                    or not 1 <= cfg.threads <= 4096):
+        raise ValueError(f"threads (--threads) must be an integer in [1, 4096], got {cfg.threads!r}")
     for name in ("epochs", "batch_size", "warmup_epochs", "seed", "workers"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -270,6 +278,8 @@ def reference_lrs(epochs: int, base_lr: float, warm_up: bool) -> tuple[float, ..
     difference of 2.5e-6 at 1000 epochs). Without warm-up it is the plain cosine
     ``0.5 base_lr (1 + cos(pi e / epochs))``.
     """
+    import torch
+
     shift = 4 if warm_up else 0
     param = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([{"params": [param], "initial_lr": base_lr}], lr=base_lr)

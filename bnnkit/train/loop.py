@@ -62,6 +62,45 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+ENVIRONMENT_FIELDS = ("threads", "torch", "cpu", "cpu_capability")
+"""What every metrics row records of where its epoch ran, besides ``world_size``: the float
+summation order, hence the last bits of the trajectory, depends on each of them."""
+
+
+def run_environment() -> dict[str, Any]:
+    """PyTorch's CPU threads, torch's version, the CPU model and the CPU kernels ATen dispatches
+    to (``ATEN_CPU_CAPABILITY``): :data:`ENVIRONMENT_FIELDS`."""
+    from bnnkit.benchmarks.environment import cpu_name
+
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def environment_change(before: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """One line saying how ``now`` differs from the environment ``before`` recorded (a metrics
+    row), or None when it does not (or ``before`` recorded none, as runs of bnnkit 0.1)."""
+    diffs = [f"{key} {before[key]} -> {now[key]}" for key in ENVIRONMENT_FIELDS
+             if key in before and before[key] != now[key]]
+    if not diffs:
+        return None
+    return (f"note: this resume runs with {', '.join(diffs)}: the remaining epochs are computed in another float "
+            "summation order and may end differently from the uninterrupted run (exact with the same threads "
+            "and torch build; --threads sets the thread count)")
+
+
+@contextlib.contextmanager
+def _threads(count: int | None):
+    """PyTorch's intra-op threads set to ``count`` for the block (``None``: unchanged)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count is not None:
+            torch.set_num_threads(before)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
@@ -191,7 +230,7 @@ def _check_resume_config(saved: dict[str, Any], config: TrainConfig, run_dir: st
                          f"{config.epochs}")
     mine = config.to_json()
     # The run is the directory given, wherever it is now and however its path is spelled.
-    ignore = {"out", "progress", "workers", "device", "data_dir", "download", "sync_bn"}
+    ignore = {"out", "progress", "workers", "device", "threads", "data_dir", "download", "sync_bn"}
     diffs = {k: (v, mine[k]) for k, v in saved_cfg.to_json().items() if k not in ignore and mine[k] != v}
     if diffs:
         listed = ", ".join(f"{k}: run has {a!r}, asked {b!r}" for k, (a, b) in diffs.items())
@@ -221,7 +260,7 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResul
     """
     config = config.resolved()
     rundir.check_destination(config.out, resume)
-    with distributed.setup(resolve_device(config.device)) as context:
+    with _threads(config.threads), distributed.setup(resolve_device(config.device)) as context:
         return _train(config, context, resume, log if context.is_main else _silent)
 
 
@@ -304,6 +343,10 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
         done = (f"{run_dir} finished all {config.epochs} epochs already; nothing to train"
                 if start_epoch >= config.epochs else f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
         log(f"{done} (best test accuracy {best['test_acc']:.4f} at epoch {best['epoch'] + 1})")
+        change = environment_change(history[-1], run_environment()) if history and start_epoch < config.epochs \
+            else None
+        if change:
+            log(change)
     elif resume:
         log(f"{run_dir} has no finished epoch: training from the beginning")
     context.barrier()  # every process has read the checkpoint before rank 0 rewrites the files
@@ -325,6 +368,7 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
     progress = config.progress and main
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
                       disable=not progress or start_epoch >= config.epochs, initial=start_epoch, total=config.epochs)
+    environment = run_environment()
     for epoch in epochs_bar:
         started = time.perf_counter()
         torch.manual_seed(context.rank_seed(epoch_seed(config.seed, epoch)))
@@ -340,7 +384,7 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
         context.sync_buffers(model)
         test_loss, test_acc = evaluate(model, test_loader, device, context)
         row = {"epoch": epoch, "lr": lr, "o": o, **stats, "test_loss": test_loss, "test_acc": test_acc,
-               "time_s": time.perf_counter() - started, "world_size": context.world_size}
+               "time_s": time.perf_counter() - started, "world_size": context.world_size, **environment}
         _check_finite(row, epoch, config)
         new_best = test_acc > best["test_acc"]
         if new_best:

@@ -93,7 +93,9 @@ class OnnxRuntimeSession:
             raise RuntimeUnavailable(f"no ONNX graph: {path!r} does not exist")
         _check_onnx_file(path)
         providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(path, providers=providers)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # as PyTorch's: --threads sets both
+        self.session = ort.InferenceSession(path, options, providers=providers)
         if self.session.get_providers()[0] != provider:
             raise RuntimeUnavailable(f"onnxruntime could not start {provider} (session uses "
                                      f"{self.session.get_providers()})")
@@ -138,3 +140,14 @@ RUNTIMES: dict[str, Callable[[str], object]] = {
     "onnxruntime-cuda": load_onnx_cuda,
 }
 REFERENCE = "trained"
+
+
+def resolve_onnxruntime(name: str) -> str:
+    """The runtime of :data:`RUNTIMES` that ``name`` stands for: ``"onnxruntime"`` (the name
+    ``bnnkit predict`` and ``validate`` share) is ``"onnxruntime-cuda"`` when ONNX Runtime has
+    its CUDA provider here, else ``"onnxruntime-cpu"``; other names stand for themselves."""
+    if name != "onnxruntime":
+        return name
+    import onnxruntime as ort
+
+    return "onnxruntime-cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "onnxruntime-cpu"
