@@ -8,9 +8,11 @@
   the paper's augmentation: random crop 32 with zero padding 4 + horizontal flip; pixels
   ``/ 255`` then normalized, as the reference code does, with the ImageNet mean/std
   (:data:`CIFAR10_MEAN` / :data:`CIFAR10_STD`).
-- ``imagefolder``: ``data_dir/train`` and ``data_dir/val`` class folders (ImageNet layout):
-  random resized crop 224 with the reference code's area range (0.08, 1.25)
-  (:data:`IMAGENET_CROP_SCALE`) + flip for training, resize 256 + center crop 224 for testing.
+- ``imagefolder``: ``data_dir/train`` and ``data_dir/val`` class folders (ImageNet layout), at
+  the model's input size S (224 for the ImageNet models, 32 for the CIFAR ones, or
+  ``--input-size``): random resized crop S with the reference code's area range (0.08, 1.25)
+  (:data:`IMAGENET_CROP_SCALE`) + flip for training, resize ``round(S * 256 / 224)`` + center
+  crop S for testing (:func:`imagefolder_geometry`; at 224: resize 256, as the recipe).
 - ``synthetic``: random inputs of a given shape labelled by a fixed random linear rule, so it
   is learnable; for tests and smoke runs.
 
@@ -71,11 +73,30 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
-def dataset_input_spec(name: str, data_dir: str | None = None, input_shape: tuple[int, ...] = (3, 32, 32),
+IMAGEFOLDER_DEFAULT_SHAPE = (3, IMAGENET_CROP, IMAGENET_CROP)
+SYNTHETIC_DEFAULT_SHAPE = (3, 32, 32)
+
+
+def imagefolder_geometry(input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(crop, resize)`` of the ImageNet recipe scaled to a model that takes ``input_shape``
+    ``(3, S, S)``: crops of S (random resized for training, center for testing) after resizing
+    the shorter side to ``round(S * 256 / 224)`` for testing. Raises ``ValueError`` for other
+    shapes."""
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2] or not 1 <= shape[1] <= 4096:
+        raise ValueError(f"imagefolder trains models that take square RGB images (3, S, S), S in [1, 4096]; "
+                         f"this one takes {shape}")
+    crop = int(shape[1])
+    return crop, max(crop, round(crop * IMAGENET_RESIZE / IMAGENET_CROP))
+
+
+def dataset_input_spec(name: str, data_dir: str | None = None, input_shape: tuple[int, ...] | None = None,
                        num_classes: int = 10) -> InputSpec | None:
     """The :class:`~bnnkit.inputs.InputSpec` of dataset ``name``: what the test split's
     loader does to raw inputs, and the class names (for ``imagefolder``, the folder names of
-    ``data_dir/train``, when it exists). ``input_shape`` / ``num_classes``: the synthetic set's."""
+    ``data_dir/train``, when it exists). ``input_shape``: the model's, which sets the synthetic
+    set's shape and imagefolder's crops (:func:`imagefolder_geometry`; default (3, 224, 224));
+    digits and cifar10 have their own. ``num_classes``: the synthetic set's."""
     check_dataset_name(name)
     if name == "digits":
         return InputSpec((1, 8, 8), value_range=(0, DIGITS_MAX), scale=2 / DIGITS_MAX, offset=-1.0, resize=8,
@@ -88,8 +109,10 @@ def dataset_input_spec(name: str, data_dir: str | None = None, input_shape: tupl
     if name == "imagefolder":
         train_dir = os.path.join(data_dir, "train") if data_dir else None
         classes = image_folder_classes(train_dir) if train_dir and os.path.isdir(train_dir) else None
-        return InputSpec((3, IMAGENET_CROP, IMAGENET_CROP), value_range=(0, 255), scale=1 / 255, mean=IMAGENET_MEAN,
-                         std=IMAGENET_STD, resize=IMAGENET_RESIZE, class_names=classes)
+        crop, resize = imagefolder_geometry(input_shape or IMAGEFOLDER_DEFAULT_SHAPE)
+        return InputSpec((3, crop, crop), value_range=(0, 255), scale=1 / 255, mean=IMAGENET_MEAN,
+                         std=IMAGENET_STD, resize=resize, class_names=classes)
+    input_shape = input_shape or SYNTHETIC_DEFAULT_SHAPE
     layout = {3: "NCHW", 1: "NC"}.get(len(input_shape))
     return InputSpec(tuple(input_shape), layout=layout) if layout else None
 
@@ -261,14 +284,14 @@ def _cifar10(data_dir: str | None, download: bool) -> DatasetSplits:
     return DatasetSplits("cifar10", train, test, spec.shape, 10, spec)
 
 
-def _imagefolder(data_dir: str | None) -> DatasetSplits:
+def _imagefolder(data_dir: str | None, input_shape: tuple[int, ...]) -> DatasetSplits:
     root = _require_dir(data_dir, "imagefolder")
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(root, split)):
             raise FileNotFoundError(f"imagefolder data needs {os.path.join(root, split)!r} (one folder per class)")
-    spec = dataset_input_spec("imagefolder", root)
+    spec = dataset_input_spec("imagefolder", root, input_shape)
     train = ImageFolder(os.path.join(root, "train"), _ImageNetTrainTransform(
-        spec, IMAGENET_TRAIN_CROP, IMAGENET_CROP_SCALE, IMAGENET_CROP_RATIO))
+        spec, spec.shape[1], IMAGENET_CROP_SCALE, IMAGENET_CROP_RATIO))
     test = ImageFolder(os.path.join(root, "val"), _TestTransform(spec))
     if test.classes != train.classes:
         only_train = sorted(set(train.classes) - set(test.classes))
@@ -279,20 +302,22 @@ def _imagefolder(data_dir: str | None) -> DatasetSplits:
 
 
 def load_dataset(name: str, data_dir: str | None = None, *, download: bool = False,
-                 input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10,
+                 input_shape: tuple[int, ...] | None = None, num_classes: int = 10,
                  synthetic_sizes: tuple[int, int] = (512, 256)) -> DatasetSplits:
     """Train and test splits of dataset ``name`` (see the module docstring).
 
-    ``input_shape`` and ``num_classes`` shape the synthetic set (other datasets have their own).
+    ``input_shape`` (the model's) shapes the synthetic set (default (3, 32, 32)) and sets
+    imagefolder's crops (default (3, 224, 224)); digits and cifar10 have their own.
+    ``num_classes``: the synthetic set's.
     """
     check_dataset_name(name)
     if name == "digits":
         return _digits()
     if name == "synthetic":
-        return _synthetic(tuple(input_shape), num_classes, *synthetic_sizes)
+        return _synthetic(tuple(input_shape or SYNTHETIC_DEFAULT_SHAPE), num_classes, *synthetic_sizes)
     if name == "cifar10":
         return _cifar10(data_dir, download)
-    return _imagefolder(data_dir)
+    return _imagefolder(data_dir, tuple(input_shape or IMAGEFOLDER_DEFAULT_SHAPE))
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, workers: int = 0,

@@ -7,7 +7,7 @@ import json
 
 from bnnkit.choices import DATASETS, ESTIMATORS, MODELS, SCALE_MODES
 from bnnkit.cli import COMMANDS
-from bnnkit.cli.values import add_threads_argument
+from bnnkit.cli.values import add_threads_argument, positive_int
 from bnnkit.train.config import DATASET_DEFAULTS, LR_SCHEDULES, MODEL_RECIPES, TrainConfig
 
 
@@ -54,6 +54,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-dir", default=None, metavar="D", help="directory of cifar10 / imagefolder data")
     p.add_argument("--download", action="store_true", default=None, help="download CIFAR-10 into --data-dir")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
+    p.add_argument("--input-size", type=positive_int, default=None, metavar="S",
+                   help="image height and width for imagefolder and synthetic (default: the model's: 224 for "
+                        "resnet18/34, 32 for the CIFAR models); imagefolder's crops follow it: random resized crop "
+                        "S for training, resize round(S*256/224) + center crop S for testing")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: per recipe)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="training batch size (default: per recipe); under torchrun the global batch, split "
@@ -113,6 +117,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     cfg = base.to_json() if base is not None else TrainConfig(out=args.out).to_json()
     cfg["out"] = args.out
     names = {"model": "model", "dataset": "dataset", "data_dir": "data_dir", "download": "download",
+             "input_size": "input_size",
              "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
              "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "lr_schedule": "lr_schedule",
              "o_end": "o_end", "t": "t",

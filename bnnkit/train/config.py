@@ -86,6 +86,10 @@ class TrainConfig:
     per physical core); every metrics row records the count in effect. A run resumed with
     another count (or another torch build or CPU kernels) continues, but its remaining epochs
     may differ in the last bits from the uninterrupted run's; the resume says so.
+    ``input_size``: the height and width S of the images a run trains on, for ``imagefolder``
+    and ``synthetic``; ``None`` takes the model's (its zoo entry's input shape: 224 for the
+    ImageNet models, 32 for the CIFAR ones). imagefolder's crops follow it
+    (:func:`bnnkit.data.imagefolder_geometry`).
     ``t``: the clipping threshold of the estimator (``model_kwargs["estimator"]``, ReSTE by
     default); ``None`` takes its default: 1.5 for ReSTE (the paper's), 1 for the clipped STE
     (the paper's STE); estimators that do not clip keep ``None``.
@@ -100,6 +104,7 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    input_size: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
     lr: float = 0.1
@@ -156,6 +161,16 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input the run trains on: the model's, with ``input_size`` as its
+        height and width when given."""
+        from bnnkit.models import model_info
+
+        shape = tuple(model_info(self.model).input_shape)
+        if self.input_size is None:
+            return shape
+        return (*shape[:-2], self.input_size, self.input_size)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> TrainConfig:
@@ -240,6 +255,35 @@ def _check_optimizer_and_model(cfg: TrainConfig) -> None:
     if not any(True for _ in binary_layers(model)):
         raise ValueError(f"model {cfg.model!r} with arguments {cfg.model_kwargs} has no binary layer; bnnkit trains "
                          "binary networks")
+    if cfg.input_size is not None:
+        _check_input_size(cfg, model)
+
+
+INPUT_SIZE_DATASETS = ("imagefolder", "synthetic")
+"""The datasets whose image size follows the model (``--input-size``); digits and CIFAR-10 have their own."""
+
+
+def _check_input_size(cfg: TrainConfig, model) -> None:
+    """``input_size`` is an integer the dataset can produce and the model takes (a forward pass
+    on the meta device: shapes only, no memory)."""
+    import torch
+
+    if isinstance(cfg.input_size, bool) or not isinstance(cfg.input_size, int) or not 1 <= cfg.input_size <= 4096:
+        raise ValueError(f"input size (--input-size) must be an integer in [1, 4096], got {cfg.input_size!r}")
+    if cfg.dataset not in INPUT_SIZE_DATASETS:
+        raise ValueError(f"--input-size applies to {' and '.join(INPUT_SIZE_DATASETS)}; {cfg.dataset} images have "
+                         "their own size")
+    shape = cfg.input_shape()
+    if len(shape) != 3:
+        raise ValueError(f"--input-size sets the height and width of image inputs; model {cfg.model!r} takes "
+                         f"inputs of shape {shape}")
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(2, *shape, device="meta"))
+    except (RuntimeError, ValueError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model {cfg.model!r} does not take inputs of shape {shape} (--input-size "
+                         f"{cfg.input_size}): {first}") from None
 
 
 def check_lr_schedule(schedule: str, epochs: int, warmup_epochs: int) -> None:

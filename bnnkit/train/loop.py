@@ -281,7 +281,7 @@ def _train(config: TrainConfig, context: DistributedContext, resume: bool, log) 
 
     def load() -> DatasetSplits:
         return load_dataset(config.dataset, config.data_dir, download=config.download,
-                            input_shape=info.input_shape, num_classes=info.num_classes)
+                            input_shape=config.input_shape(), num_classes=info.num_classes)
 
     splits = context.in_turn(load) if config.download else load()  # one download per file system
     torch.manual_seed(config.seed)
