@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from bnnkit.cli.values import add_threads_argument, positive_float
+from bnnkit.cli.values import add_threads_argument, positive_float, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device to measure (default: cuda when available, else cpu)")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="write the run file (rows, ceilings, suite status) to PATH, rewritten after every case")
+    parser.add_argument("--repeats", type=positive_int, default=None, metavar="N",
+                        help="run the whole selection N times, interleaved; each row is the median repeat with the "
+                             "spread of all, and a row whose repeats or samples disagree, or that claims several "
+                             "times a ceiling measured in the same run, is marked unreliable (not a result) "
+                             "(default: 2 with --quick, else 3)")
     parser.add_argument("--budget-s", type=positive_float, default=None, metavar="SECONDS",
                         help="per suite: skip the cases not started after this many seconds")
     parser.add_argument("--ceilings-from", default=None, metavar="RUN_JSON",

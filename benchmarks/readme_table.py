@@ -66,11 +66,13 @@ def device_section(doc: dict) -> str:
     threads = f", {first['cpu_threads']} threads" if first.get("cpu_threads") else ""
     if first["device_type"] == "cpu" and first.get("load_avg") is not None:
         threads += f", load average {first['load_avg']:g} at the start"
+    repeats = sorted({r.get("repeats", 1) for r in rows})
+    mode_repeats = f", {'/'.join(map(str, repeats))} interleaved repeats" if repeats != [1] else ""
     mode = "quick mode" if all(r.get("quick") for r in rows) else ("full mode" if not any(r.get("quick") for r in rows)
                                                                    else "quick and full mode")
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
     lines = [f"**{doc['device']}** ({first['device_type']}{threads}), measured {when} at commit {', '.join(commits)}; "
-             f"{versions}; {mode}.", ""]
+             f"{versions}; {mode}{mode_repeats}.", ""]
     best: dict[str, dict] = {}  # the best row per ceiling, as the runner takes it
     for r in rows:
         if r["suite"] == CEILINGS_SUITE and r.get("ceiling"):
@@ -92,8 +94,15 @@ def device_section(doc: dict) -> str:
     for r in table:
         variant = row_variant(r)
         case = f"{r['case']} ({variant})" if variant else r["case"]
+        if r.get("reliable") is False:  # measured, but not a result (bnnkit.benchmarks.repeats)
+            lines.append(f"| {r['suite']} | {case} | {r.get('shape', '')} | {r.get('dtype', '')} | {r['impl']} "
+                         f"| unreliable: {r.get('unreliable')} | - | - | - |")
+            continue
         timing = (f"{_num(r.get('median_ms'))} ({_num(r.get('p20_ms'))}-{_num(r.get('p80_ms'))})"
                   if r.get("median_ms") is not None else "-")
+        medians = r.get("repeat_medians_ms") or []
+        if len(medians) > 1:
+            timing += f"; {len(medians)} repeats {_num(min(medians))}-{_num(max(medians))}"
         pct = f"{_num(r['pct_of_ceiling'])}% {r.get('bound', '')}".strip() if r.get("pct_of_ceiling") is not None \
             else "-"
         lines.append(f"| {r['suite']} | {case} | {r.get('shape', '')} | {r.get('dtype', '')} | {r['impl']} | {timing} "

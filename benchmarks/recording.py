@@ -32,8 +32,8 @@ RESULTS_VERSION = 1
 
 # fields of a row that describe the run or the measurement, not which variant of a case it is
 RUN_FIELDS = ("device", "device_type", "torch", "triton", "onnxruntime", "cuda", "python", "commit", "dirty", "date",
-              "quick", "run_id", "cpu_threads", "load_avg")
-ROW_FIELDS = ("suite", "case", "impl", "shape", "dtype", "timer", "ceiling", "bound", "ceiling_dtype")
+              "quick", "run_id", "cpu_threads", "load_avg", "repeats")
+ROW_FIELDS = ("suite", "case", "impl", "shape", "dtype", "timer", "ceiling", "bound", "ceiling_dtype", "unreliable")
 
 
 def default_results_dir() -> str:

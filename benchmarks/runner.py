@@ -43,6 +43,7 @@ from bnnkit.artifacts import ArtifactError, check_writable, read_versioned_json,
 from . import ceilings as ceilings_suite
 from .environment import run_metadata
 from .options import add_arguments  # noqa: F401  (bnnkit bench's options; re-exported)
+from .repeats import REPEAT_KEY, mark_reliability, merge_repeats
 from .registry import REGISTRY, BenchContext, Case
 
 RUN_FORMAT = "bnnkit-bench-run"
@@ -61,7 +62,7 @@ SUITE_MODULES = {
 SUITES = tuple(SUITE_MODULES)
 # modules of the package that register no cases and are never imported as suites
 INFRASTRUCTURE_MODULES = {"registry", "timing", "environment", "runner", "recording", "plot", "readme_table",
-                          "options", "__main__"}
+                          "options", "repeats", "__main__"}
 REQUIRED_ROW_KEYS = ("case", "impl", "shape", "dtype", "median_ms", "p20_ms", "p80_ms")
 PACKAGE = __name__.rsplit(".", 1)[0]
 
@@ -240,14 +241,19 @@ def _run_case(c: Case, ctx: BenchContext, meta: dict, log: Callable[[str], None]
 def run_benchmarks(suites: Iterable[str] | None = None, device: torch.device | str | None = None, quick: bool = False,
                    cases: Iterable[str] | None = None, budget_s: float | None = None,
                    ceilings: dict[str, float] | None = None, on_case: Callable[[BenchRun], None] | None = None,
-                   log: Callable[[str], None] = print) -> BenchRun:
+                   log: Callable[[str], None] = print, repeats: int = 1) -> BenchRun:
     """Run the selected suites on ``device`` and return what was measured.
 
     ``suites``: names (default: all); ``cases``: glob patterns on case names (default: all);
-    ``budget_s``: seconds per suite after which its remaining cases are skipped;
-    ``ceilings``: given ceilings (e.g. from an earlier run on the same device) instead of
-    measuring them; ``on_case``: called with the run so far after every case.
+    ``budget_s``: seconds per suite (over all repeats) after which its remaining cases are
+    skipped; ``ceilings``: given ceilings (e.g. from an earlier run on the same device) instead
+    of measuring them; ``on_case``: called with the run so far after every case;
+    ``repeats``: how many times the whole selection runs, interleaved (every case once, then
+    again, ...); each row is the median repeat with the spread over all of them, and rows whose
+    figures do not hold are marked unreliable (:mod:`bnnkit.benchmarks.repeats`).
     """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     device = device if isinstance(device, torch.device) else resolve_device(device)
     modules = load_suite_modules()
     known = registered_suites()
@@ -258,12 +264,15 @@ def run_benchmarks(suites: Iterable[str] | None = None, device: torch.device | s
     patterns = list(cases) if cases else None
     ctx = BenchContext(device=device, quick=quick)
     run = BenchRun(meta=run_metadata(device, quick))
+    run.meta["repeats"] = repeats
     log(f"bench: {run.meta['device']} ({device.type}), torch {run.meta['torch']}, triton {run.meta['triton']}, "
-        f"commit {run.meta['commit'][:12]}{' (dirty)' if run.meta['dirty'] else ''}, quick={quick}")
+        f"commit {run.meta['commit'][:12]}{' (dirty)' if run.meta['dirty'] else ''}, quick={quick}, "
+        f"repeats={repeats}")
 
     measure_ceilings = ceilings is None
+    given = {} if measure_ceilings else dict(ceilings)
     if not measure_ceilings:
-        run.ceilings = dict(ceilings)
+        run.ceilings = dict(given)
         selected = [s for s in selected if s != "ceilings"]
     elif "ceilings" not in selected:
         selected.insert(0, "ceilings")  # every run relates its figures to ceilings measured in it
@@ -271,42 +280,73 @@ def run_benchmarks(suites: Iterable[str] | None = None, device: torch.device | s
     if suites is None:  # a module outside the known suites that fails to import registers nothing: say so
         run.suites += [SuiteReport(f"module {m.module}", "failed", m.error) for m in modules.values()
                        if m.status == "failed" and m.module not in SUITE_MODULES.values()]
-    for suite in selected:
-        report = SuiteReport(suite)
-        run.suites.append(report)
-        module = modules.get(SUITE_MODULES.get(suite, ""))
-        if module is not None and module.status != "loaded":
-            report.status = "failed"
-            report.reason = module.error
-            if on_case:
-                on_case(run)
-            continue
-        suite_cases = [c for c in REGISTRY if c.suite == suite]
-        if patterns is not None and suite != "ceilings":
-            suite_cases = [c for c in suite_cases if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
-        started = time.perf_counter()
-        for c in suite_cases:
-            if device.type not in c.devices:
-                report.cases.append(CaseReport(c.name, "skipped", f"runs on {' and '.join(c.devices)} only, "
-                                                                  f"not on {device.type}"))
+    reports: dict[str, SuiteReport] = {}
+    spent: dict[str, float] = {}
+    raw_rows: list[dict] = []
+    for repeat in range(repeats):
+        for suite in selected:
+            module = modules.get(SUITE_MODULES.get(suite, ""))
+            if suite not in reports:
+                reports[suite] = SuiteReport(suite)
+                run.suites.append(reports[suite])
+                if module is not None and module.status != "loaded":
+                    reports[suite].status = "failed"
+                    reports[suite].reason = module.error
+                    if on_case:
+                        on_case(run)
+            report = reports[suite]
+            if module is not None and module.status != "loaded":
                 continue
-            if budget_s is not None and time.perf_counter() - started > budget_s:
-                report.cases.append(CaseReport(c.name, "skipped", f"suite time budget of {budget_s:g} s used up"))
-                continue
-            case_report, rows = _run_case(c, ctx, run.meta, log)
-            report.cases.append(case_report)
-            if suite == "ceilings" and measure_ceilings:
-                run.ceilings.update(ceilings_suite.ceilings_from_rows(rows))
-            ceilings_suite.add_ceiling_ratios(rows, run.ceilings)
-            run.rows += rows
-            detail = f"{case_report.rows} rows" if case_report.status == "ok" else case_report.reason
-            log(f"{suite}/{c.name}: {case_report.status}: {detail} ({case_report.seconds:.1f} s)")
-            if on_case:
-                on_case(run)
+            suite_cases = [c for c in REGISTRY if c.suite == suite]
+            if patterns is not None and suite != "ceilings":
+                suite_cases = [c for c in suite_cases if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+            started = time.perf_counter() - spent.get(suite, 0.0)
+            for c in suite_cases:
+                earlier = next((r for r in report.cases if r.case == c.name), None)
+                if earlier is not None and earlier.status == "skipped":
+                    continue
+                if device.type not in c.devices:
+                    report.cases.append(CaseReport(c.name, "skipped", f"runs on {' and '.join(c.devices)} only, "
+                                                                      f"not on {device.type}"))
+                    continue
+                if budget_s is not None and time.perf_counter() - started > budget_s:
+                    if earlier is None:
+                        report.cases.append(CaseReport(c.name, "skipped",
+                                                       f"suite time budget of {budget_s:g} s used up"))
+                    continue
+                case_report, rows = _run_case(c, ctx, run.meta, log)
+                if earlier is None:
+                    report.cases.append(case_report)
+                else:
+                    earlier.seconds += case_report.seconds
+                    earlier.warnings += [w for w in case_report.warnings if w not in earlier.warnings]
+                    if case_report.status == "failed" and earlier.status != "failed":
+                        earlier.status, earlier.reason = "failed", f"repeat {repeat + 1}: {case_report.reason}"
+                raw_rows += [{**r, REPEAT_KEY: repeat} for r in rows]
+                _settle_rows(run, raw_rows, measure_ceilings, given)
+                detail = f"{case_report.rows} rows" if case_report.status == "ok" else case_report.reason
+                log(f"{suite}/{c.name}{f' (repeat {repeat + 1}/{repeats})' if repeats > 1 else ''}: "
+                    f"{case_report.status}: {detail} ({case_report.seconds:.1f} s)")
+                if on_case:
+                    on_case(run)
+            spent[suite] = time.perf_counter() - started
+    for report in reports.values():
         report.settle()
     if on_case:
         on_case(run)
     return run
+
+
+def _settle_rows(run: BenchRun, raw_rows: list[dict], measure_ceilings: bool, given: dict[str, float]) -> None:
+    """The run's rows from every repeat so far: merged, related to the ceilings, marked."""
+    rows = merge_repeats(raw_rows)
+    if measure_ceilings:
+        run.ceilings = ceilings_suite.ceilings_from_rows([r for r in rows if r.get("suite") == ceilings_suite.SUITE])
+    else:
+        run.ceilings = dict(given)
+    ceilings_suite.add_ceiling_ratios(rows, run.ceilings)
+    mark_reliability(rows)
+    run.rows = rows
 
 
 def ceilings_from_run_file(path: str, device_name: str | None = None) -> dict[str, float]:
@@ -349,6 +389,10 @@ def format_rows(rows: list[dict]) -> str:
         derived += [f"{_fmt(v)}x vs {k.removeprefix('speedup_vs_')}" for k, v in r.items()
                     if k.startswith("speedup_vs_") and v is not None and not (v == 1.0 and k.endswith(r["impl"]))]
         name = f"{r['suite']}/{r['case']}" + (f" [{r['pass']}]" if "pass" in r else "")
+        if r.get("reliable") is False:
+            derived = [f"UNRELIABLE, not a result: {r.get('unreliable')}"]
+        elif r.get("repeat_medians_ms") and len(r["repeat_medians_ms"]) > 1:
+            derived.append(f"repeats {_fmt(min(r['repeat_medians_ms']))}-{_fmt(max(r['repeat_medians_ms']))} ms")
         lines.append(f"{name:<44} {str(r['impl']):<32} {str(r.get('shape', '')):<24} {str(r.get('dtype', '')):<10} "
                      f"{_fmt(r.get('median_ms'), 4):>10}  {', '.join(derived)}")
     return "\n".join(lines)
@@ -391,7 +435,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    run = run_benchmarks(args.suite, device, args.quick, args.case, args.budget_s, given, write, log)
+    repeats = args.repeats if getattr(args, "repeats", None) is not None else (2 if args.quick else 3)
+    run = run_benchmarks(args.suite, device, args.quick, args.case, args.budget_s, given, write, log, repeats=repeats)
     if not args.no_table and run.rows:
         print(format_rows(run.rows))
     print("\n".join(f"{s.suite}: {s.status}{': ' + s.reason if s.reason else ''}" for s in run.suites))

@@ -57,3 +57,21 @@ def test_cpu_section_names_threads_and_load(tmp_path):
     text = readme_table.generate(str(tmp_path))
     assert text.startswith("**AMD EPYC** (cpu, 2 threads, load average 3.5 at the start), measured 2026-03-01")
     assert "full mode." in text and "No suite besides the ceilings has recorded rows on this device yet." in text
+
+
+def test_repeats_show_their_spread_and_unreliable_rows_no_figures(tmp_path):
+    rows = gpu_rows()
+    for r in rows:
+        r["repeats"] = 3
+    rows[-1].update(repeat_medians_ms=[0.78, 0.8, 0.9])
+    rows[-2].update(reliable=False, unreliable="its 3 repeats took 0.7 to 2.1 ms")
+    rows[-2]["speedup_vs_cublas_fp16"] = 0.9  # no longer a baseline: its own row shows
+    rows[-1].pop("speedup_vs_int_mm_int8")
+    rows[-3].pop("speedup_vs_int_mm_int8")
+    write_json(str(tmp_path / "h100.json"), {"format": recording.RESULTS_FORMAT, "version": 1,
+                                            "device": "NVIDIA H100 80GB HBM3", "rows": rows})
+    text = readme_table.generate(str(tmp_path))
+    assert "quick mode, 3 interleaved repeats." in text
+    table = [line for line in text.splitlines() if line.startswith("| gemm")]
+    assert "| int_mm_int8 | unreliable: its 3 repeats took 0.7 to 2.1 ms | - | - | - |" in table[0]
+    assert "| 0.8 (0.75-0.85); 3 repeats 0.78-0.9 | 1374 TOPS |" in table[1]

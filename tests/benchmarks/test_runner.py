@@ -201,3 +201,66 @@ def test_repeated_suite_and_case_options_add_up():
     args = parser.parse_args(["--suite", "quantize", "--suite", "gemm", "conv", "--case", "a*", "--case", "b*"])
     assert args.suite == ["quantize", "gemm", "conv"] and args.case == ["a*", "b*"]
     assert parser.parse_args([]).suite is None
+
+
+@pytest.fixture
+def drifting_suite():
+    """Suite "drift": a case whose measured times come from a script, repeat after repeat."""
+    script = {"steady": [[2.0, 4.0], [2.1, 4.1], [1.9, 3.9]], "bursty": [[2.0, 4.0], [9.0, 4.0], [2.0, 4.1]]}
+    calls = {name: 0 for name in script}
+
+    def make(name):
+        def fn(ctx):
+            mine, base = script[name][calls[name]]
+            calls[name] += 1
+            return [{"case": name, "impl": "mine", "shape": "(4,)", "dtype": "fp32", "median_ms": mine,
+                     "p20_ms": mine * 0.9, "p80_ms": mine * 1.1, "gb_per_s": 100.0 / mine,
+                     "speedup_vs_base": base / mine},
+                    {"case": name, "impl": "base", "shape": "(4,)", "dtype": "fp32", "median_ms": base,
+                     "p20_ms": base * 0.9, "p80_ms": base * 1.1, "speedup_vs_base": 1.0}]
+        return fn
+
+    for name in script:
+        case("drift", name, devices=("cpu",))(make(name))
+    yield
+    REGISTRY[:] = [c for c in REGISTRY if c.suite != "drift"]
+
+
+def test_repeats_are_interleaved_merged_and_rows_that_do_not_hold_are_marked(drifting_suite):
+    order = []
+    run = runner.run_benchmarks(["drift"], CPU, ceilings={"copy": 100.0}, repeats=3, log=order.append)
+    assert [line.split(":")[0] for line in order if line.startswith("drift/")] == \
+        [f"drift/{n} (repeat {r}/3)" for r in (1, 2, 3) for n in ("steady", "bursty")]
+    assert run.meta["repeats"] == 3 and [c.case for c in run.suites[0].cases] == ["steady", "bursty"]
+    rows = {(r["case"], r["impl"]): r for r in run.rows}
+    assert len(run.rows) == 4
+    steady = rows["steady", "mine"]
+    assert steady["median_ms"] == 2.0 and steady["repeat_medians_ms"] == [1.9, 2.0, 2.1] and steady["repeats"] == 3
+    assert steady["reliable"] is True and "unreliable" not in steady
+    assert steady["pct_of_copy_ceiling"] == pytest.approx(50.0)  # the median repeat's figures, all consistent
+    bursty = rows["bursty", "mine"]
+    assert bursty["median_ms"] == 2.0 and bursty["speedup_ranges"]["base"] == pytest.approx([4.0 / 9.0, 2.05])
+    assert bursty["reliable"] is False and "its 3 repeats took 2 to 9 ms" in bursty["unreliable"]
+    assert "its speedup over base ranged 0.444x to 2.05x" in bursty["unreliable"]
+    assert rows["bursty", "base"]["reliable"] is True
+    text = runner.format_rows(run.rows)
+    assert "UNRELIABLE, not a result: its 3 repeats" in text and "repeats 1.9-2.1 ms" in text
+
+
+def test_implausible_ratios_to_a_ceiling_and_wide_samples_are_unreliable():
+    from bnnkit.benchmarks.repeats import mark_reliability
+
+    rows = [{"suite": "ceilings", "case": "copy", "impl": "copy", "ceiling": "copy", "gb_per_s": 10.0,
+             "median_ms": 1.0, "p20_ms": 0.9, "p80_ms": 1.1},
+            {"suite": "s", "case": "a", "impl": "x", "median_ms": 1.0, "p20_ms": 0.9, "p80_ms": 1.1,
+             "pct_of_ceiling": 728.0, "bound": "copy"},
+            {"suite": "s", "case": "b", "impl": "x", "median_ms": 1.0, "p20_ms": 0.4, "p80_ms": 1.1,
+             "pct_of_ceiling": 171.0, "bound": "copy"}]
+    mark_reliability(rows)
+    assert rows[0]["reliable"] is True
+    assert rows[1]["unreliable"] == "it claims 728% of the copy ceiling measured in the same run"
+    assert rows[2]["unreliable"] == "its samples spread from 0.4 ms (p20) to 1.1 ms (p80)"
+    rows[0]["p20_ms"] = 0.1  # the ceiling itself did not hold: nothing compared with it does
+    mark_reliability(rows)
+    assert rows[0]["reliable"] is False
+    assert rows[1]["unreliable"].endswith("the copy ceiling it is compared with is unreliable")
