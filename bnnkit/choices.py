@@ -9,9 +9,31 @@ importing torch, Triton or ONNX Runtime. Three lists mirror registries that need
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+
 MODELS = ("digits_cnn", "digits_mlp", "resnet18", "resnet18_cifar", "resnet20", "resnet20_bireal", "resnet34",
           "vgg_small")
 """The built-in zoo models (:func:`bnnkit.models.list_models`, which also lists models registered later)."""
+
+
+class ModelNames:
+    """The ``--model`` choices: the built-in zoo, and the models registered with
+    :func:`bnnkit.models.register_model` in this process (a script that registers a model, then
+    runs :func:`bnnkit.cli.main`). Checking a built-in name imports nothing."""
+
+    def _all(self) -> tuple[str, ...]:
+        models = sys.modules.get("bnnkit.models")  # imported by whoever registered a model
+        return tuple(models.list_models()) if models is not None else MODELS
+
+    def __contains__(self, name: object) -> bool:
+        return name in MODELS or name in self._all()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+
+MODEL_CHOICES = ModelNames()
 
 DATASETS = ("digits", "cifar10", "imagefolder", "synthetic")
 """The datasets ``bnnkit train`` and ``validate`` read (:mod:`bnnkit.data`)."""

@@ -69,6 +69,17 @@ def test_the_torch_free_choices_equal_their_registries():
     assert DEFAULT_TOLERANCE == RELATIVE_TOLERANCE
 
 
+def test_models_registered_in_the_process_are_choices_of_the_command_line():
+    from bnnkit.models import register_model, registry
+
+    assert "digits_mlp" in choices.MODEL_CHOICES and "startup_test_model" not in choices.MODEL_CHOICES
+    register_model("startup_test_model", (1, 8, 8), 10, "digits", "a test's model")(lambda **kw: None)
+    try:
+        assert "startup_test_model" in choices.MODEL_CHOICES and "startup_test_model" in list(choices.MODEL_CHOICES)
+    finally:
+        del registry._MODELS["startup_test_model"]
+
+
 def test_a_checkout_named_bnnkit_in_the_working_directory_hands_over_to_the_installed_package(tmp_path):
     """Python looks in the current directory first: a folder ``bnnkit`` there that holds this
     checkout used to shadow the editable install as an empty namespace package."""

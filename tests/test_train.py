@@ -32,9 +32,11 @@ def untrained_test_accuracy(config):
 
 
 def test_short_digits_run_learns_and_writes_its_files(tmp_path):
-    # Three epochs at lr 0.1 are a chaotic trajectory (binary nets flip on last-bit ties), so
-    # the checks compare with the untrained model and with chance, with wide margins
-    # (seeds 0-5 give best accuracies of 0.72-0.82 and final losses of 0.63-1.20).
+    # Three epochs at lr 0.1 are a chaotic trajectory (binary nets flip on last-bit ties, and the
+    # last bits depend on the CPU, its ATen kernels and the thread count), so the checks are what
+    # every run reaches, with a wide margin: over seeds 0-9 at 1 and 2 threads with ATen's AVX2
+    # and scalar kernels (AMD EPYC) the best accuracy was 0.52-0.88, while the last epoch's loss
+    # ranged up to 2.0, above the first epoch's in some runs, so no loss is asserted.
     x, y = load_digits_tensors("test")
     config = digits_config(tmp_path / "run")
     before = untrained_test_accuracy(config)
@@ -50,13 +52,13 @@ def test_short_digits_run_learns_and_writes_its_files(tmp_path):
         assert 0 <= r["test_acc"] <= 1 and 0 <= r["train_acc"] <= 1
         assert r["estimating_error"] > 0 and r["gradient_stability"] >= 0
     assert rows[0]["o"] == 1.0 and rows[1]["o"] > 1.0
-    assert rows[-1]["train_loss"] < 0.75 * math.log(10)  # an untrained 10-class model is at about ln 10
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["test_loss"]) for r in rows)
 
     model, config_json = load_run(str(run))
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean().item()
     assert acc == pytest.approx(result.best_test_acc)
-    assert before < 0.3 and acc > 0.6 and acc > before + 0.3
+    assert before < 0.3 and acc > 0.3 and acc > before + 0.2  # chance is 0.1
     assert config_json["model"] == "digits_mlp" and config_json["input_shape"] == [1, 8, 8]
 
 

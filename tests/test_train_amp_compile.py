@@ -48,7 +48,7 @@ def test_cli_flags_reach_the_config(capsys):
 
 def test_bf16_amp_run_learns(tmp_path):
     result = train(digits_config(tmp_path / "run", amp="bf16"), log=lambda *a: None)
-    assert result.best_test_acc > 0.5  # chance is 0.1
+    assert result.best_test_acc > 0.5  # chance is 0.1; seeds 0-9, 1 and 2 threads, AVX2 and scalar ATen: 0.84-0.94
     assert result.metrics[-1]["train_loss"] < result.metrics[0]["train_loss"]
     assert read_checkpoint(str(tmp_path / "run" / CHECKPOINT_FILE)).progress.grad_scaler is None  # no loss scaling
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from bnnkit.choices import MODELS
+from bnnkit.choices import MODEL_CHOICES, MODELS
 from bnnkit.cli import COMMANDS
 
 
@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR",
                    help="a training run directory, or a packed artifact directory (bnnkit export --out)")
-    p.add_argument("--model", default=None, choices=MODELS, metavar="NAME",
+    p.add_argument("--model", default=None, choices=MODEL_CHOICES, metavar="NAME",
                    help=f"a zoo model instead of a run ({', '.join(MODELS)})")
     p.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
                    help="input shape without batch, e.g. 3 224 224 (default: the model's)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bnnkit.choices import DATASETS, ESTIMATORS, MODELS, SCALE_MODES
+from bnnkit.choices import DATASETS, ESTIMATORS, MODEL_CHOICES, MODELS, SCALE_MODES
 from bnnkit.cli import COMMANDS
 from bnnkit.cli.values import add_threads_argument, positive_int
 from bnnkit.train.config import DATASET_DEFAULTS, LR_SCHEDULES, MODEL_RECIPES, TrainConfig
@@ -46,7 +46,7 @@ def add_parser(subparsers) -> None:
                     "Under torchrun (torchrun --nproc_per_node N -m bnnkit train ...) every process trains "
                     "data-parallel with DistributedDataParallel and rank 0 writes the run.",
     )
-    p.add_argument("--model", default=None, choices=MODELS, metavar="NAME",
+    p.add_argument("--model", default=None, choices=MODEL_CHOICES, metavar="NAME",
                    help=f"zoo model ({', '.join(MODELS)}); default digits_mlp")
     p.add_argument("--dataset", default=None, choices=DATASETS,
                    help="dataset; default: the model's own (digits for digits_*, cifar10 for the CIFAR models, "

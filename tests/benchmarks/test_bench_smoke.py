@@ -25,7 +25,9 @@ METADATA = ("suite", "device", "device_type", "torch", "triton", "onnxruntime", 
 def quick_cpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "bnnkit", "bench", "--quick", "--device", "cpu", "--json", str(out)],
+    # one repeat: tests/benchmarks/test_runner.py covers repeats, and CI's time is better spent elsewhere
+    proc = subprocess.run([sys.executable, "-m", "bnnkit", "bench", "--quick", "--repeats", "1", "--device", "cpu",
+                           "--json", str(out)],
                           capture_output=True, text=True, env=env, cwd=out.parent, timeout=600)
     return proc, json.loads(out.read_text()) if out.exists() else None
 
