@@ -160,7 +160,8 @@ def check_writable(path: str, what: str, *, directory: bool) -> None:
         with tempfile.TemporaryFile(dir=probe_dir):
             pass
     except OSError as e:
-        raise ValueError(f"{what} {path!r} cannot be written: {probe_dir!r}: {e.strerror}") from None
+        where = "" if probe_dir == full else f" in {probe_dir!r}, the nearest existing directory, where it would go"
+        raise ValueError(f"{what} {path!r} cannot be created: no file can be created{where} ({e.strerror})") from None
 
 
 MAX_JSON_BYTES = 64 << 20

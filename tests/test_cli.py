@@ -92,7 +92,9 @@ def _bad_value_cases(tmp_path):
     return [
         ([*run, str(a_file / "run")], "is a file, not a directory"),
         ([*run, str(a_file)], "is a file, not a directory"),
-        ([*run, locked], "cannot be written"),
+        ([*run, locked], "cannot be created: no file can be created in"),
+        ([*run, "/proc/nope"], "--out '/proc/nope' cannot be created: no file can be created in '/proc', the nearest "
+                               "existing directory"),
         ([*run, out, "--lr", "1e308"], "learning rate (--lr) must be in (0, 10], got 1e+308"),
         ([*run, out, "--lr", "nan"], "learning rate (--lr) must be in (0, 10], got nan"),
         ([*run, out, "--momentum", "nan"], "momentum (--momentum) must be in [0, 1), got nan"),

@@ -86,8 +86,11 @@ def _warmup(args: argparse.Namespace) -> int:
 
 
 def run_estimators(args: argparse.Namespace) -> int:
+    from bnnkit.artifacts import check_writable
     from bnnkit.study import report
     from bnnkit.study.estimators import RECORD_FILE, StudySpec, run_study, write_record
+
+    check_writable(args.out, "--out", directory=True)  # before any run
 
     spec = StudySpec(models=tuple(args.models), estimators=tuple(args.estimators), o_ends=tuple(args.o_ends),
                      seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,

@@ -60,12 +60,12 @@ def run(args: argparse.Namespace) -> int:
     packed_line = None
     spec = _recorded_spec(os.path.join(args.run_dir, "config.json"), "run config") if args.run_dir else None
     if args.run_dir is not None:
-        from bnnkit.export.runtime.sizes import measured_artifact_bytes
+        from bnnkit.export.run_export import export_artifact_bytes
 
-        measured = measured_artifact_bytes(model, {"name": config["model"], "kwargs": config["model_kwargs"]}, shape,
-                                           spec if spec is not None and spec.shape == shape else None)
-        packed_line = {"artifact_bytes": measured, "fp32_state_dict_bytes": summary_fp32_state(model),
-                       "compression": summary_fp32_state(model) / measured}
+        sizes = export_artifact_bytes(args.run_dir, model, config)
+        fp32 = summary_fp32_state(model)
+        packed_line = {"artifact_bytes": sizes["export"], "artifact_bytes_with_onnx": sizes["export_onnx"],
+                       "fp32_state_dict_bytes": fp32, "compression": fp32 / sizes["export"]}
     if args.json:
         print(json.dumps({"model": title, **summary.to_json(), **({"packed_artifact": packed_line} if packed_line
                                                                    else {}),
@@ -75,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
         print(title)
         print(summary.to_text())
         if packed_line:
-            print(f"packed artifact (bnnkit export) {packed_line['artifact_bytes']:,} bytes vs fp32 state dict "
-                  f"{packed_line['fp32_state_dict_bytes']:,} bytes: {packed_line['compression']:.1f}x smaller")
+            print(f"packed artifact (model.safetensors + manifest.json, as bnnkit export writes it) "
+                  f"{packed_line['artifact_bytes']:,} bytes, {packed_line['artifact_bytes_with_onnx']:,} with --onnx "
+                  f"(its manifest also lists model.onnx), vs fp32 state dict {packed_line['fp32_state_dict_bytes']:,} "
+                  f"bytes: {packed_line['compression']:.1f}x smaller")
         if args.run_dir:
             print(_spec_text(spec, run=True))
     return 0

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
-
-from torch import nn
 
 from bnnkit.artifacts import ArtifactError, read_json
 
@@ -32,18 +29,6 @@ def artifact_bytes(directory: str, tensor_file: str = "model.safetensors") -> in
     """Bytes of the packed artifact's own files (manifest and tensor file); an export directory
     also holds ``trained/``, ``model.onnx`` and reports, which do not count."""
     return sum(os.path.getsize(os.path.join(directory, n)) for n in (MANIFEST_FILE, tensor_file))
-
-
-def measured_artifact_bytes(model: nn.Module, architecture: dict[str, Any] | None,
-                            input_shape: tuple[int, ...], input_spec=None) -> int:
-    """Pack ``model`` and write its artifact to a temporary directory: the bytes on disk."""
-    from ..packing import pack
-
-    packed = pack(model, architecture=architecture, input_shape=input_shape, input_spec=input_spec)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "artifact")
-        packed.save(out)
-        return artifact_bytes(out)
 
 
 def packed_artifact_report(directory: str) -> dict[str, Any]:

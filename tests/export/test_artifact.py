@@ -271,12 +271,18 @@ def test_cli_export_and_summary(tmp_path, capsys):
     assert report["artifact_bytes"] == sum(os.path.getsize(os.path.join(out, f))
                                            for f in ("manifest.json", "model.safetensors"))
     assert report["fp32_state_dict_bytes"] > report["artifact_bytes"]
+    assert main(["summary", run, "--json"]) == 0  # what summary RUN says export writes is what it wrote
+    predicted = json.loads(capsys.readouterr().out)["packed_artifact"]
+    assert predicted["artifact_bytes_with_onnx"] == report["artifact_bytes"]
     assert main(["summary", run]) == 0
-    assert "packed artifact (bnnkit export)" in capsys.readouterr().out
+    assert "as bnnkit export writes it) " in capsys.readouterr().out
     assert main(["export", run, "--out", out]) == 2  # exists, no --overwrite
     assert "already exists" in capsys.readouterr().err
     assert main(["export", run, "--out", out, "--overwrite"]) == 0  # replaced: no ONNX graph this time
+    assert f": {predicted['artifact_bytes']:,} bytes" in capsys.readouterr().out
     assert not os.path.exists(os.path.join(out, "model.onnx"))
+    assert sum(os.path.getsize(os.path.join(out, f)) for f in ("manifest.json", "model.safetensors")) == \
+        predicted["artifact_bytes"]
 
 
 def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
