@@ -48,7 +48,8 @@ def merge_repeats(rows: Iterable[dict]) -> list[dict]:
     """One row per identity (:func:`row_identity`) from the rows of several repeats, in the order
     each first appeared: the repeat with the median ``median_ms`` (the lower one for an even
     count) stands for it, with ``repeats``, ``repeat_medians_ms`` and ``speedup_ranges``
-    (baseline -> ``[min, max]`` of ``speedup_vs_<baseline>`` over the repeats) added. Rows without a time keep their first repeat."""
+    (baseline -> ``[min, max]`` of ``speedup_vs_<baseline>`` over the repeats) added. Rows
+    without a time keep their first repeat."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(row_identity(row), []).append(row)

@@ -40,7 +40,8 @@ RESTE_T = 1.5
 """ReSTE's default clipping threshold t (the paper's)."""
 CLIPPED_STE_T = 1.0
 """The clipped STE's default threshold: the paper's STE passes gradients where ``|x| <= 1``."""
-DEFAULT_THRESHOLDS: dict[EstimatorKind, float] = {EstimatorKind.RESTE: RESTE_T, EstimatorKind.CLIPPED_STE: CLIPPED_STE_T}
+DEFAULT_THRESHOLDS: dict[EstimatorKind, float] = {EstimatorKind.RESTE: RESTE_T,
+                                                  EstimatorKind.CLIPPED_STE: CLIPPED_STE_T}
 """The default ``t`` of the estimators that clip; the others take no threshold."""
 
 RENAMED_ESTIMATORS: dict[str, str] = {"ste": "identity_ste"}

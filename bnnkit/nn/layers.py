@@ -89,7 +89,8 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
     ``weight_estimator`` / ``input_estimator``: a name (``"reste"``, ``"clipped_ste"``,
     ``"identity_ste"``, ``"approx_sign"``) or a callable; ``input_estimator=None`` keeps real
     inputs. ``scale``: ``"tensor"``, ``"channel"`` or ``"none"``. ``o``, ``t``: estimator
-    parameters (``t=None``: each estimator's default, 1.5 for ReSTE, 1 for the clipped STE). Input ``(N, C_in, H, W)``, output ``(N, C_out, H_out, W_out)``.
+    parameters (``t=None``: each estimator's default, 1.5 for ReSTE, 1 for the clipped STE).
+    Input ``(N, C_in, H, W)``, output ``(N, C_out, H_out, W_out)``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,

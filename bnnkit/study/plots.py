@@ -62,7 +62,8 @@ def accuracy_figure(record: dict[str, Any], path: str) -> str:
                            label=("best" if key.startswith("best") else "final") if i == 0 else None)
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
                 ax.errorbar(i + offset + 0.08, statistics.fmean(values), yerr=std, fmt="_", color=color, capsize=3)
-        ax.set_xticks(range(len(arms)), [a.label.replace(" o_end=", "\no=").replace(" t=", "\nt=") for a in arms], fontsize=8)
+        labels = [a.label.replace(" o_end=", "\no=").replace(" t=", "\nt=") for a in arms]
+        ax.set_xticks(range(len(arms)), labels, fontsize=8)
         ax.set_title(f"{model}: test accuracy over {spec.seeds} seeds")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)

@@ -113,7 +113,8 @@ def comparisons(record: dict[str, Any]) -> list[dict[str, Any]]:
             if not pairs:
                 continue
             out.append({"model": model, "arm": arm, "baseline": base, **{
-                key: paired_difference([a[f"{key}_test_acc"] for a, _ in pairs], [b[f"{key}_test_acc"] for _, b in pairs])
+                key: paired_difference([a[f"{key}_test_acc"] for a, _ in pairs],
+                                       [b[f"{key}_test_acc"] for _, b in pairs])
                 for key in ("best", "final")}})
     return out
 
