@@ -242,7 +242,9 @@ def run_study(spec: StudySpec, *, jobs: int = 1, device: str = "cpu", runs_dir: 
     if resume and runs_dir is None:
         raise ValueError("resuming a study needs the directory of its runs")
     meta = _run_metadata(device)
-    tasks = [(model, arm, seed) for model in spec.models for arm in spec.arms() for seed in range(spec.seeds)]
+    # seed by seed, so that an interrupted study holds whole seeds (it can be resumed, or recorded
+    # with --seeds set to those it finished); the record lists the runs model by model
+    tasks = [(model, arm, seed) for seed in range(spec.seeds) for model in spec.models for arm in spec.arms()]
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         root = runs_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="bnnkit-study-"))
@@ -268,6 +270,9 @@ def run_study(spec: StudySpec, *, jobs: int = 1, device: str = "cpu", runs_dir: 
                 futures = {pool.submit(run_one, config, continued[i]): i for i, config in enumerate(configs)}
                 for future in concurrent.futures.as_completed(futures):
                     done(futures[future], future.result())
+    order = {(model, arm, seed): (spec.models.index(model), spec.arms().index(arm), seed)
+             for model, arm, seed in tasks}
+    runs = [run for _, run in sorted(zip(tasks, runs), key=lambda pair: order[pair[0]])]
     return {"format": STUDY_FORMAT, "version": STUDY_VERSION, **meta, "jobs": jobs, "threads_per_job": 1,
             "wall_s": round(time.perf_counter() - started, 1), "resumed_runs": sum(continued),
             "spec": spec.to_json(), "runs": runs}
