@@ -83,8 +83,8 @@ class TrainConfig:
     with a gradient scaler), ``None`` trains in float32. ``compile``: train through
     ``torch.compile(model)``.
     ``threads``: PyTorch's CPU threads while the run trains (``None``: PyTorch's default, one
-    per physical core); every metrics row records the count in effect. A run resumed with
-    another count (or another torch build or CPU kernels) continues, but its remaining epochs
+    per physical core); every metrics row records the count in effect, and ``--resume`` without
+    ``--threads`` takes the run's. A run resumed with another count (or another torch build or CPU kernels) continues, but its remaining epochs
     may differ in the last bits from the uninterrupted run's; the resume says so.
     ``input_size``: the height and width S of the images a run trains on, for ``imagefolder``
     and ``synthetic``; ``None`` takes the model's (its zoo entry's input shape: 224 for the

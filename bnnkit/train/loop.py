@@ -260,6 +260,11 @@ def train(config: TrainConfig, *, resume: bool = False, log=print) -> TrainResul
     """
     config = config.resolved()
     rundir.check_destination(config.out, resume)
+    if resume and config.threads is None:  # continue at the thread count the run was started with
+        saved = rundir.saved_options(config.out) or {}
+        threads = saved.get("threads")
+        if isinstance(threads, int) and not isinstance(threads, bool) and 1 <= threads <= 4096:
+            config = dataclasses.replace(config, threads=threads)
     with _threads(config.threads), distributed.setup(resolve_device(config.device)) as context:
         return _train(config, context, resume, log if context.is_main else _silent)
 
