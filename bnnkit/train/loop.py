@@ -289,7 +289,7 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
     pin = device.type == "cuda"
 
     def config_json(best: dict[str, Any]) -> dict[str, Any]:
-        return ckpt.run_config(recorded, splits.input_shape, splits.num_classes, best)
+        return ckpt.run_config(recorded, splits.input_shape, splits.num_classes, best, splits.input_spec)
 
     start_epoch, best, history = 0, {"test_acc": -1.0, "epoch": -1}, []
     best_state: dict[str, torch.Tensor] = {}
