@@ -17,10 +17,8 @@ import torch
 
 from bnnkit import schema
 from bnnkit.errors import ArtifactError
+from bnnkit.train.config import MAX_EPOCHS
 
-#: Most epochs a run may have (every range is checked before any work; nothing loops over
-#: the epochs to plan them).
-MAX_EPOCHS = 1_000_000
 MAX_CLASSES = 1_000_000
 _TEXT = 4096
 
@@ -144,11 +142,20 @@ def _grad_scaler(value: Any, where: str) -> dict[str, Any] | None:
                           "_growth_tracker": lambda v, w: schema.integer(v, w, 0, 2**31 - 1)})(value, where)
 
 
+def _metric(value: Any, where: str) -> Any:
+    """A metric: null, a bool, an integer, any float (NaN too: an indicator can be undefined for
+    an epoch) or a short string."""
+    if value is None or type(value) in (bool, float):
+        return value
+    if type(value) is int:
+        return schema.integer(value, where)
+    return schema.string(value, where, max_len=256)
+
+
 def _metrics_row(value: Any, where: str) -> dict[str, Any]:
     if type(value) is not dict or len(value) > 256:
         raise schema.fail(where, "an object of at most 256 metrics", value)
-    return {schema.string(k, f"{where} key", max_len=64): schema.json_value(v, f"{where}[{k!r}]", 2)
-            for k, v in value.items()}
+    return {schema.string(k, f"{where} key", max_len=64): _metric(v, f"{where}[{k!r}]") for k, v in value.items()}
 
 
 def progress_fields(state: dict[str, Any], where: str) -> dict[str, Any]:
