@@ -6,7 +6,7 @@ A file bnnkit reads (an export, a run, an image) cannot make it use more than th
 - ``activation_factor`` and ``activation_floor_bytes``: the tensors a packed graph holds
   alive at once during a forward pass of a batch of ``N`` may take at most
   ``activation_floor_bytes + activation_factor * (N * input bytes of one sample + bytes of the
-  largest stored tensor)`` (64 MiB + 256x; the zoo's models need at most 2x at batch 1).
+  largest stored tensor)`` (64 MiB + 512x).
   Checked by running the graph on PyTorch's meta device (no memory) at load for a batch of 1
   of the manifest's ``input_shape`` and before the first real batch of every new input shape;
 - ``image_pixels``: pixels of an image file, decoded and after the resize of the input spec
@@ -37,7 +37,7 @@ class Limits:
     """The configurable bounds (see the module docstring)."""
 
     graph_nodes: int = 10_000
-    activation_factor: float = 256.0
+    activation_factor: float = 512.0
     activation_floor_bytes: int = 64 << 20
     image_pixels: int = 1 << 26
 
