@@ -311,7 +311,7 @@ def _check_export_dir(export_dir: str) -> None:
 
     if not os.path.isdir(export_dir):
         raise FileNotFoundError(f"export directory {export_dir!r} does not exist")
-    if not os.path.isdir(os.path.join(export_dir, TRAINED_DIR)) and not os.path.isfile(
+    if not os.path.isdir(os.path.join(export_dir, TRAINED_DIR)) and not os.path.lexists(
             os.path.join(export_dir, PACKED_MANIFEST)):
         if os.path.isfile(os.path.join(export_dir, "config.json")):
             raise ValueError(f"{export_dir!r} is a training run, not an export directory; make one with: "

@@ -73,7 +73,7 @@ def _packed_input_shape(directory: str) -> tuple[int, ...]:
     from bnnkit.export import load
     from bnnkit.export.layout import PACKED_MANIFEST
 
-    shape = load(directory).input_shape if os.path.isfile(os.path.join(directory, PACKED_MANIFEST)) else None
+    shape = load(directory).input_shape if os.path.lexists(os.path.join(directory, PACKED_MANIFEST)) else None
     if shape is None:
         raise ValueError(f"{directory!r} has no trained/ model and no packed artifact recording an input shape; "
                          "validate it from Python: bnnkit.export.validate(trained_model, directory, inputs)")

@@ -313,7 +313,7 @@ def load_run(run_dir: str, map_location: str | torch.device = "cpu") -> tuple[nn
     if not os.path.isdir(run_dir):
         raise ArtifactError(f"run directory {run_dir!r} does not exist")
     export_manifest = os.path.join(run_dir, "manifest.json")  # what bnnkit export writes beside trained/
-    if not os.path.exists(os.path.join(run_dir, CONFIG_FILE)) and os.path.isfile(export_manifest):
+    if not os.path.exists(os.path.join(run_dir, CONFIG_FILE)) and os.path.lexists(export_manifest):
         raise ArtifactError(f"{run_dir!r} is an export directory (bnnkit export), not a training run; its trained "
                             f"model is in {os.path.join(run_dir, 'trained')!r}; check it with: "
                             f"bnnkit validate {run_dir}")

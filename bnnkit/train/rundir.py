@@ -209,7 +209,7 @@ class RunWriter:
         holds it already) and record its sha256 for the manifest; True when written."""
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(name)
-        write = not (only_if_changed and os.path.isfile(path) and sha256_file(path) == digest)
+        write = not (only_if_changed and os.path.lexists(path) and sha256_file(path) == digest)
         if write:
             write_bytes(path, data)
         if name != MANIFEST_FILE:

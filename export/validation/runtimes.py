@@ -89,7 +89,7 @@ def load_trained_model(artifact_dir: str) -> torch.nn.Module:
 
 def load_packed(artifact_dir: str) -> TorchModuleRuntime:
     """The packed model via ``bnnkit.export.load``: Triton kernels on CUDA, PyTorch elsewhere."""
-    if not os.path.isfile(os.path.join(artifact_dir, PACKED_MANIFEST)):
+    if not os.path.lexists(os.path.join(artifact_dir, PACKED_MANIFEST)):
         raise RuntimeUnavailable(f"no packed artifact: {os.path.join(artifact_dir, PACKED_MANIFEST)!r} does not exist")
     from ..runtime import load
 
@@ -110,7 +110,7 @@ class OnnxRuntimeSession:
         if provider not in ort.get_available_providers():
             raise RuntimeUnavailable(f"onnxruntime has no {provider} here (available: "
                                      f"{', '.join(ort.get_available_providers())})")
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             raise RuntimeUnavailable(f"no ONNX graph: {path!r} does not exist")
         directory, rel = os.path.split(path)
         files = checked_export(directory)["files"]
