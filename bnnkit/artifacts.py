@@ -497,28 +497,6 @@ def read_listed_file(directory: str, files: dict[str, dict[str, Any]], rel: str,
     return verify_files(directory, {rel: files[rel]}, what, read=rel)
 
 
-def build_for_tensors(build, table: dict[str, dict[str, Any]], where: str) -> torch.nn.Module:
-    """``build()`` (a module constructor call whose arguments came from a file), run first on the
-    meta device, where it allocates nothing: its state tensors must match ``table`` (name ->
-    dtype, shape, e.g. :func:`read_safetensors_table` of the weights it will load) before it is
-    built for real, so a file cannot make the reader allocate more than the tensors it holds.
-    The real build does not move the caller's random number generator."""
-    try:
-        with torch.device("meta"):
-            probe = build()
-    except (ValueError, TypeError, RuntimeError, OverflowError, MemoryError) as e:
-        raise ArtifactError(f"{where}: the model cannot be built: {type(e).__name__}: {e}") from None
-    want = {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-            for k, t in probe.state_dict().items()}
-    if want != {k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in table.items()}:
-        diff = sorted(k for k in set(want) | set(table) if want.get(k) != table.get(k))
-        raise ArtifactError(f"{where}: the model it describes and its stored tensors differ at {', '.join(diff[:5])}"
-                            f"{'...' if len(diff) > 5 else ''} (the model would hold "
-                            f"{[want.get(k) for k in diff[:2]]}, the file has {[table.get(k) for k in diff[:2]]})")
-    with torch.random.fork_rng(devices=[]):
-        return build()
-
-
 def read_artifact(directory: str, *, kind: str, versions: tuple[int, ...], manifest_file: str = "manifest.json",
                   retired: dict[int, str] | None = None, check_manifest=None, check_tensors=None,
                   load_tensors: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

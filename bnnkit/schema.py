@@ -56,7 +56,9 @@ def integer(value: Any, where: str, lo: int = -MAX_INT, hi: int = MAX_INT) -> in
 
 
 def number(value: Any, where: str, lo: float = -math.inf, hi: float = math.inf) -> float:
-    """A finite int or float (not a bool) in ``[lo, hi]``."""
+    """A finite int or float (not a bool) in ``[lo, hi]`` (an int beyond float's range is not)."""
+    if type(value) is int and abs(value) >= 2**1024:
+        raise fail(where, f"a finite number in [{lo:g}, {hi:g}]", value)
     if type(value) not in (int, float) or not math.isfinite(value) or not lo <= value <= hi:
         raise fail(where, f"a finite number in [{lo:g}, {hi:g}]", value)
     return float(value)

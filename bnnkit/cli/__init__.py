@@ -28,6 +28,11 @@ _GO_ON = {
 }
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a message that quotes a file's content cannot break the line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def storage_error_line(command: str, e: OSError) -> str:
     """One line for a write that failed for lack of room or permission on the file system."""
     where = f" writing {e.filename!r}" if e.filename else ""
@@ -59,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except OSError as e:
         if e.errno in STORAGE_ERRNOS:
-            print(storage_error_line(args.command, e), file=sys.stderr)
+            print(one_line(storage_error_line(args.command, e)), file=sys.stderr)
             return 2
         if isinstance(e, USER_ERRORS):
-            print(f"bnnkit {args.command}: error: {e}", file=sys.stderr)
+            print(one_line(f"bnnkit {args.command}: error: {e}"), file=sys.stderr)
             return 2
         raise
     except USER_ERRORS as e:
-        print(f"bnnkit {args.command}: error: {e}", file=sys.stderr)
+        print(one_line(f"bnnkit {args.command}: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = ""

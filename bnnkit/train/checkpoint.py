@@ -359,10 +359,12 @@ def _table(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def _compare_tables(want: dict[str, dict[str, Any]], have: dict[str, dict[str, Any]], where: str) -> None:
+    from bnnkit.schema import show
+
     have = {k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in have.items()}
     if want != have:
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        raise ArtifactError(f"{where}: the model it describes and its stored tensors differ at {', '.join(diff[:5])}"
+        raise ArtifactError(f"{where}: the model it describes and its stored tensors differ at {show(diff[:5])}"
                             f"{'...' if len(diff) > 5 else ''} (the model would hold "
                             f"{[want.get(k) for k in diff[:2]]}, the file has {[have.get(k) for k in diff[:2]]})")
 
