@@ -300,16 +300,12 @@ def verify_run_files(run_dir: str, names: tuple[str, ...]) -> None:
             _check_listed(files, name, None, run_dir, d.sha256(name, "run file", size=size))
 
 
-def load_run(run_dir: str, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the best model of a training run: ``(model in eval mode, config dict)``.
-
-    ``config.json`` (every field checked, :func:`bnnkit.train.checks.run_config`) and
-    ``model.safetensors`` are read once each, as regular files inside the run directory, and
-    checked against the run manifest from the bytes that are then used; the model is built on
-    the meta device and compared with the tensor file's header before the file's data is
-    read or any memory is allocated for it. Raises :class:`~bnnkit.artifacts.ArtifactError`
-    for a missing, corrupt or mismatched run.
-    """
+def read_run_files(run_dir: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """``(checked config, {file name: bytes})`` of the files :func:`load_run` uses
+    (``config.json``, ``model.safetensors``, ``run-manifest.json``), each read once as a
+    regular file inside the run directory and checked against the run manifest from the
+    bytes returned; the model file's header is compared with the model the config describes
+    (built on the meta device) before its data is read. ``bnnkit export`` copies these bytes."""
     if not os.path.isdir(run_dir):
         raise ArtifactError(f"run directory {run_dir!r} does not exist")
     export_manifest = os.path.join(run_dir, "manifest.json")  # what bnnkit export writes beside trained/
@@ -321,12 +317,11 @@ def load_run(run_dir: str, map_location: str | torch.device = "cpu") -> tuple[nn
         config_bytes = d.read(CONFIG_FILE, "run config", max_bytes=MAX_JSON_BYTES)
         config = checks.run_config(parse_json(config_bytes, "run config", os.path.join(run_dir, CONFIG_FILE)),
                                    f"run config {os.path.join(run_dir, CONFIG_FILE)!r}")
-        files = _run_manifest_files(d.read(MANIFEST_FILE, "run manifest", max_bytes=MAX_JSON_BYTES),
-                                    os.path.join(run_dir, MANIFEST_FILE))
+        manifest_bytes = d.read(MANIFEST_FILE, "run manifest", max_bytes=MAX_JSON_BYTES)
+        files = _run_manifest_files(manifest_bytes, os.path.join(run_dir, MANIFEST_FILE))
         _check_listed(files, CONFIG_FILE, config_bytes, run_dir)
         _check_listed(files, MODEL_FILE, None, run_dir)
-        probe = build_model_of_run(config, run_dir, meta=True)
-        table = _table(probe)
+        table = _table(build_model_of_run(config, run_dir, meta=True))
         model_path = os.path.join(run_dir, MODEL_FILE)
         fd = d.open(MODEL_FILE, "model file")
         try:
@@ -338,7 +333,21 @@ def load_run(run_dir: str, map_location: str | torch.device = "cpu") -> tuple[nn
         finally:
             os.close(fd)
         _check_listed(files, MODEL_FILE, model_bytes, run_dir)
-    return model_from_run_files(config, model_bytes, run_dir, map_location), config
+    return config, {CONFIG_FILE: config_bytes, MODEL_FILE: model_bytes, MANIFEST_FILE: manifest_bytes}
+
+
+def load_run(run_dir: str, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the best model of a training run: ``(model in eval mode, config dict)``.
+
+    ``config.json`` (every field checked, :func:`bnnkit.train.checks.run_config`) and
+    ``model.safetensors`` are read once each (:func:`read_run_files`) and checked against the
+    run manifest from the bytes that are then used; the model is built on the meta device
+    and compared with the tensor file's header before the file's data is read or any memory
+    is allocated for it. Raises :class:`~bnnkit.artifacts.ArtifactError` for a missing,
+    corrupt or mismatched run.
+    """
+    config, data = read_run_files(run_dir)
+    return model_from_run_files(config, data[MODEL_FILE], run_dir, map_location), config
 
 
 def run_files_model(config_bytes: bytes, model_bytes: bytes, manifest_bytes: bytes, run_dir: str,

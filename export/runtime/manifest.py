@@ -73,5 +73,6 @@ def check_layers(manifest: dict[str, Any], built: dict[str, dict], directory: st
     """``layers`` must describe the packed layers the graph builds."""
     if manifest["layers"] != built:
         changed = sorted(k for k in set(built) | set(manifest["layers"]) if built.get(k) != manifest["layers"].get(k))
-        raise ArtifactError(f"manifest of {directory!r} describes layer(s) {schema.show(changed[:5])} differently "
-                            "from its graph: the manifest was modified")
+        names = ", ".join(map(schema.show, changed[:5]))
+        raise ArtifactError(f"manifest of {directory!r} describes layer(s) {names} differently from its graph: the "
+                            "manifest was modified")

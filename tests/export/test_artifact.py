@@ -108,7 +108,7 @@ def test_edited_manifest_is_refused(tmp_path, edit):
         match = "says tensor 'linear.weight' is .*the manifest was modified"
     elif edit == "layer":
         manifest["layers"]["layer1.0.conv1"]["relu"] = False
-        match = "describes layer\\(s\\) layer1.0.conv1 differently"
+        match = "describes layer\\(s\\) 'layer1.0.conv1' differently"
     else:
         manifest["tensor_file"] = "../elsewhere.safetensors"
         match = "a relative path inside the directory"

@@ -286,3 +286,16 @@ def _set_npy_shape(path, shape: str) -> None:
     new = new.rstrip() + " " * (len(header) - len(new.rstrip()))
     assert len(new) == len(header)
     path.write_bytes(data[:start] + new.encode() + data[end:])
+
+
+def test_a_trained_config_field_of_the_wrong_type_is_one_line(export_dir, capsys):
+    """validate reads the trained copy's config (checked field by field) for the input shape
+    and the dataset: ``train: [1]`` once made a traceback."""
+    from hostile import edit_json, reseal_run
+
+    edit_json(export_dir / "trained" / "config.json", lambda c: c.update(train=[1]))
+    reseal_run(export_dir / "trained", "config.json")
+    for rel in ("trained/config.json", "trained/run-manifest.json"):
+        reseal_export(export_dir, rel)
+    code, _, err = cli(["validate", str(export_dir), "--samples", "4"], capsys)
+    assert code == 2 and "train must be an object of training options" in one_line(err)
