@@ -56,13 +56,7 @@ def open_regular(path: str, what: str, *, dir_fd: int | None = None, follow_syml
     ``follow_symlinks=False``), a FIFO, socket, device or directory (refused before it is
     opened, and checked again on the descriptor)."""
     path_shown = path if shown is None else shown
-    try:
-        before = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
-    except FileNotFoundError:
-        raise MissingFile(f"{what} {path_shown!r} does not exist") from None
-    except OSError as e:
-        raise ArtifactError(f"{what} {path_shown!r} cannot be read: {e.strerror}") from None
-    _refuse_unless_regular(before, what, path_shown)
+    file_size(path, what, dir_fd=dir_fd, follow_symlinks=follow_symlinks, shown=path_shown)  # refused unopened
     flags = _FLAGS | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags, dir_fd=dir_fd)
@@ -234,14 +228,9 @@ class Directory:
         return self._call(rel, file_size, what)
 
 
-def read_safetensors_checked(fd: int, what: str, path: str, check_table) -> bytes:
-    """The bytes of the safetensors file open at ``fd``, read once, after its header alone was
-    read and its tensor table (name -> dtype, shape) passed ``check_table(table)`` (e.g. the
-    tensors the model the reader is about to build holds), and its size on disk matched the
-    size the header describes: a header cannot make the reader read more than ``check_table``
-    accepted."""
-    from bnnkit.artifacts import safetensors_header
-
+def pread_stream(fd: int):
+    """``read(n)``: the next ``n`` bytes of ``fd`` from its start (``os.pread``: the file
+    position is left alone), for parsers that read a header piece by piece."""
     position = 0
 
     def read(n: int) -> bytes:
@@ -250,7 +239,18 @@ def read_safetensors_checked(fd: int, what: str, path: str, check_table) -> byte
         position += len(chunk)
         return chunk
 
-    table, size, _ = safetensors_header(read, what, path)
+    return read
+
+
+def read_safetensors_checked(fd: int, what: str, path: str, check_table) -> bytes:
+    """The bytes of the safetensors file open at ``fd``, read once, after its header alone was
+    read and its tensor table (name -> dtype, shape) passed ``check_table(table)`` (e.g. the
+    tensors the model the reader is about to build holds), and its size on disk matched the
+    size the header describes: a header cannot make the reader read more than ``check_table``
+    accepted."""
+    from bnnkit.artifacts import safetensors_header
+
+    table, size, _ = safetensors_header(pread_stream(fd), what, path)
     check_table(table)
     actual = os.fstat(fd).st_size
     if actual != size:

@@ -13,6 +13,30 @@ from collections.abc import Iterator
 from typing import Any
 
 
+def small_model():
+    """A packable model outside the zoo (conv stem, BatchNorm, pad, binary conv, max pool,
+    binary linear), small enough to save and load in milliseconds; input (N, 1, 8, 8)."""
+    import torch
+    from torch import nn
+
+    from bnnkit.nn import BinaryConv2d, BinaryLinear
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.conv = BinaryConv2d(8, 16, 3, padding=1)
+            self.head = BinaryLinear(16 * 5 * 5, 10)
+
+        def forward(self, x):
+            x = nn.functional.pad(self.bn(self.stem(x)), (1, 1, 1, 1))
+            x = nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+            return self.head(torch.flatten(x, 1))
+
+    return Small()
+
+
 def hostile_strings(marker: os.PathLike | str) -> list[str]:
     """Strings that would run ``open(marker, 'w')`` if pasted into Python source, or that probe
     names, quoting, comments, look-alikes and sizes."""

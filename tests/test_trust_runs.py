@@ -3,13 +3,11 @@ into a run, holds it with a lock no file deletion undoes, range-checks every che
 before any work, and every failure is one line, never a traceback."""
 
 import errno
-import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch

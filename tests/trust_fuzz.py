@@ -31,7 +31,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hostile import hostile_strings, reseal_run  # noqa: E402
+from hostile import hostile_strings, reseal_run, small_model  # noqa: E402
 
 DEEP = "\x00DEEP\x00"  # replaced in the JSON text by a nest too deep for Python's recursion
 
@@ -122,30 +122,16 @@ def dumps(doc) -> str:
 
 def build_corpora(workdir: str) -> dict:
     import torch
-    from torch import nn
 
     from bnnkit.cli import main
     from bnnkit.export import pack
     from bnnkit.inputs import InputSpec
-    from bnnkit.nn import BinaryConv2d, BinaryLinear
-
-    class Small(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Conv2d(1, 8, 3, padding=1)
-            self.bn = nn.BatchNorm2d(8)
-            self.conv = BinaryConv2d(8, 16, 3, padding=1)
-            self.head = BinaryLinear(16 * 4 * 4, 10)
-
-        def forward(self, x):
-            x = nn.functional.max_pool2d(torch.relu(self.conv(self.bn(self.stem(x)))), 2)
-            return self.head(torch.flatten(x, 1).clamp(min=-3.0, max=3.0))
 
     torch.manual_seed(0)
     packed = os.path.join(workdir, "packed")
     spec = InputSpec((1, 8, 8), value_range=(0, 16), scale=0.125, offset=-1.0, resize=8,
                      class_names=tuple("0123456789"), statistics=((4.9,), (0.5,)))
-    pack(Small().eval(), input_shape=(1, 8, 8), input_spec=spec).save(packed)
+    pack(small_model().eval(), input_shape=(1, 8, 8), input_spec=spec).save(packed)
     run = os.path.join(workdir, "run")
     with open(os.devnull, "w") as null:
         stdout, sys.stdout = sys.stdout, null
@@ -300,7 +286,8 @@ def fuzz(cases: int, seed: int, workdir: str, case_seconds: float = 60.0, only: 
             os.remove(marker)
     growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
     return {"cases": cases, "seed": seed, **outcomes, "skipped": skipped, "failures": failures,
-            "slowest_case_s": slowest, "peak_rss_growth_mb": growth, "max_case_growth_mb": max_growth, "heaviest_cases": sorted(heaviest, reverse=True)[:5]}
+            "slowest_case_s": slowest, "peak_rss_growth_mb": growth,
+            "max_case_growth_mb": max_growth, "heaviest_cases": sorted(heaviest, reverse=True)[:5]}
 
 
 def main() -> None:

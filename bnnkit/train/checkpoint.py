@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from bnnkit.artifacts import ArtifactError, parse_json, safetensors_header, tensors_from_bytes
-from bnnkit.reading import MAX_JSON_BYTES, Directory, open_regular, read_fd, read_safetensors_checked
+from bnnkit.reading import MAX_JSON_BYTES, Directory, open_regular, pread_stream, read_fd, read_safetensors_checked
 from bnnkit.train import checks
 from bnnkit.train.config import RUN_FORMAT_VERSION, TrainConfig
 
@@ -162,15 +162,7 @@ def _parse_header(text: str, path: str) -> dict[str, Any]:
 def _header(fd: int, path: str) -> tuple[dict[str, dict[str, Any]], int, dict[str, Any], str, str | None]:
     """``(tensor table, size the header describes, header state, header text, recorded sha256)``
     of the checkpoint open at ``fd``, from its safetensors header alone."""
-    position = 0
-
-    def read(n: int) -> bytes:
-        nonlocal position
-        chunk = os.pread(fd, n, position)
-        position += len(chunk)
-        return chunk
-
-    table, size, metadata = safetensors_header(read, "checkpoint", path)
+    table, size, metadata = safetensors_header(pread_stream(fd), "checkpoint", path)
     text = metadata.get(_HEADER_KEY)
     if text is None:
         raise ArtifactError(f"checkpoint {path!r} was not written by this bnnkit (run format {RUN_FORMAT_VERSION}); "

@@ -52,7 +52,8 @@ def _train_fields() -> dict[str, schema.Check]:
         "epochs": schema.optional(count(1, MAX_EPOCHS)), "batch_size": schema.optional(count(1, 2**31 - 1)),
         "lr": number, "momentum": number, "weight_decay": number,
         "warmup_epochs": schema.optional(count(0, MAX_EPOCHS)), "lr_schedule": _optional_choice(LR_SCHEDULES),
-        "o_end": number, "t": number, "seed": count(0, 2**63 - 1), "device": lambda v, w: schema.string(v, w, max_len=64),
+        "o_end": number, "t": number, "seed": count(0, 2**63 - 1),
+        "device": lambda v, w: schema.string(v, w, max_len=64),
         "workers": count(0, 1024), "progress": schema.boolean,
         "amp": _optional_choice([k for k in AMP_DTYPES if k]), "compile": schema.boolean, "sync_bn": schema.boolean,
     }

@@ -45,7 +45,7 @@ from torch import fx, nn
 from bnnkit import schema
 from bnnkit.artifacts import ArtifactError
 
-from .interpreter import MAX_SEQUENCE, PackedGraph, Program, Ref, Step, check_activation_bound, last_uses
+from .interpreter import PackedGraph, Program, Ref, Step, check_activation_bound, get_attr_path, last_uses
 from .layers import PackedConv2d, PackedLinear
 
 GRAPH_VERSION = 1
@@ -207,7 +207,7 @@ def describe_graph_module(gm: fx.GraphModule) -> tuple[dict[str, Any], dict[str,
             entry["target"] = node.target
         elif node.op == "get_attr":
             value = gm.get_parameter(node.target) if node.target in dict(gm.named_parameters()) else \
-                _get_attr(gm, node.target)
+                get_attr_path(gm, node.target)
             if not isinstance(value, torch.Tensor):
                 raise GraphFormatError(f"{where}: get_attr {node.target!r} is a {type(value).__name__}, not a tensor")
             if not any(node.target.startswith(m + ".") for m in modules):
@@ -237,13 +237,6 @@ def _kwarg_name(name: str, where: str) -> str:
     return name
 
 
-def _get_attr(root: nn.Module, target: str) -> Any:
-    obj = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def describe_packed_graph(graph: PackedGraph) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """:func:`describe_graph_module` of a loaded graph: its modules as they are now (type and
     constructor arguments), its attributes and its program's nodes."""
@@ -260,7 +253,7 @@ def describe_packed_graph(graph: PackedGraph) -> tuple[dict[str, Any], dict[str,
             module = graph.get_submodule(step.target)
             modules[step.target] = {"type": type(module).__name__, "args": _module_arguments(module, step.target)}
         if step.op == "get_attr":
-            value = _get_attr(graph, step.target)
+            value = get_attr_path(graph, step.target)
             attributes[step.target] = ("parameter" if step.target in params else "buffer" if step.target in buffers
                                        else "constant")
             tensors[step.target] = value.detach()

@@ -206,7 +206,7 @@ class PackedGraph(nn.Module):
                                                 f"{type(args[0]).__name__}")
                         value = getattr(args[0], step.target)(*args[1:], **kwargs)
                     else:  # get_attr
-                        value = _get_attr(self, step.target)
+                        value = get_attr_path(self, step.target)
                 _check_result(value)
             except GraphRunError as e:
                 raise GraphRunError(f"packed graph node {i} ({op} {step.target}): {e}") from None
@@ -277,7 +277,8 @@ def check_activation_bound(meta_graph: PackedGraph, meta_inputs: list[torch.Tens
     return peak
 
 
-def _get_attr(root: nn.Module, target: str) -> Any:
+def get_attr_path(root: nn.Module, target: str) -> Any:
+    """``root.a.b.c`` for ``target`` ``"a.b.c"`` (a checked path)."""
     obj = root
     for part in target.split("."):
         obj = getattr(obj, part)

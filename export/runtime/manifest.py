@@ -18,7 +18,8 @@ from .layers import LAYER_INPUT_KINDS, LAYER_OUTPUT_KINDS
 FORMAT_KIND = "bnnkit-packed"
 FORMAT_VERSION = 3
 SUPPORTED_VERSIONS = (3,)
-_REEXPORT = "re-export the model with this bnnkit (bnnkit export RUN_DIR --out DIR --overwrite, or pack(model).save(DIR))"
+_REEXPORT = ("re-export the model with this bnnkit (bnnkit export RUN_DIR --out DIR --overwrite, or "
+             "pack(model).save(DIR))")
 #: Versions this bnnkit knows but no longer reads, and what to do about them.
 RETIRED_VERSIONS = {1: "format 1 stored models outside the zoo as torch.export programs, which unpickle on "
                        f"load; {_REEXPORT}",

@@ -17,13 +17,13 @@ import time
 
 import pytest
 import torch
-from torch import nn
 
 from bnnkit import models
 from bnnkit.artifacts import ArtifactError, file_entry, staged_directory
 from bnnkit.cli import main
 from bnnkit.export import FORMAT_VERSION, load, pack
-from bnnkit.nn import BinaryConv2d, BinaryLinear
+
+from hostile import small_model
 
 from .conftest import randomize_batchnorm
 
@@ -72,26 +72,10 @@ def _edit_manifest(directory, edit):
         json.dump(manifest, f)
 
 
-class Small(nn.Module):
-    """A model outside the zoo, small enough to save in milliseconds."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(1, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.conv = BinaryConv2d(8, 16, 3, padding=1)
-        self.head = BinaryLinear(16 * 5 * 5, 10)
-
-    def forward(self, x):
-        x = nn.functional.pad(self.bn(self.stem(x)), (1, 1, 1, 1))
-        x = nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
-        return self.head(torch.flatten(x, 1))
-
-
 @pytest.fixture
 def small_artifact(tmp_path):
     torch.manual_seed(0)
-    model = randomize_batchnorm(Small(), seed=3)
+    model = randomize_batchnorm(small_model(), seed=3)
     out = tmp_path / "small"
     pack(model).save(out)
     return out
@@ -363,7 +347,7 @@ def test_a_100x_larger_trained_copy_is_refused_before_allocating(export_dir):
 def test_save_accepts_an_existing_empty_directory(tmp_path):
     import tempfile
 
-    model = randomize_batchnorm(Small(), seed=1)
+    model = randomize_batchnorm(small_model(), seed=1)
     target = tempfile.mkdtemp(dir=tmp_path)
     pack(model).save(target)
     assert sorted(os.listdir(target)) == ["manifest.json", "model.safetensors"]

@@ -2,7 +2,6 @@
 regular file of the size it expects, read once (what is hashed is what is used); images are
 opened only in the listed formats and within a pixel bound checked before decoding."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -137,7 +136,8 @@ def test_fifos_and_devices_are_refused_by_name_never_waited_on(export_dir, tmp_p
     fifo(tmp_path / "x.npy")
     os.symlink("/dev/zero", tmp_path / "zero.png")
     with no_hang(60):
-        for target, kind in ((folder, "FIFO"), (tmp_path / "x.npy", "FIFO"), (tmp_path / "zero.png", "character device")):
+        for target, kind in ((folder, "FIFO"), (tmp_path / "x.npy", "FIFO"),
+                             (tmp_path / "zero.png", "character device")):
             code, _, err = cli(["predict", str(export_dir), str(target)], capsys)
             assert code == 2 and f"is a {kind}" in one_line(err) and "not a regular file" in err, err
 
