@@ -462,7 +462,7 @@ def test_a_graph_that_fails_in_its_forward_is_one_line(small, export_dir, tmp_pa
     one line naming the node."""
     bad = ("call_method", "view", ["PREV", 7, 7, 7], None)
     edit_json(small / "manifest.json", lambda m: _append_nodes(m, bad))
-    with pytest.raises(ArtifactError, match="node 9 \\(call_method view\\) failed: RuntimeError"):
+    with pytest.raises(ArtifactError, match="node \\d+ \\(call_method view\\) failed: RuntimeError"):
         load(small)
     edit_json(export_dir / "manifest.json", lambda m: _append_nodes(m, bad))
     import numpy as np
