@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 
-class ArtifactError(ValueError):
-    """A file bnnkit reads is missing, corrupt, of the wrong version or inconsistent."""
+from bnnkit.errors import ArtifactError  # noqa: E402  (re-exported: bnnkit.artifacts.ArtifactError)
 
 
 def _umask() -> int:
@@ -164,26 +163,28 @@ def check_writable(path: str, what: str, *, directory: bool) -> None:
         raise ValueError(f"{what} {path!r} cannot be created: no file can be created{where} ({e.strerror})") from None
 
 
-MAX_JSON_BYTES = 64 << 20
-
-
-def read_json(path: str, what: str = "file") -> Any:
-    """Parse the JSON file ``path``; a missing, oversized (> 64 MiB), malformed or absurdly nested
-    file is an :class:`ArtifactError` naming ``what`` it should have been."""
-    if not os.path.isfile(path):
-        raise ArtifactError(f"{what} {path!r} does not exist")
-    if os.path.getsize(path) > MAX_JSON_BYTES:
-        raise ArtifactError(f"{what} {path!r} is {os.path.getsize(path):,} bytes; bnnkit reads JSON files of at "
-                            f"most {MAX_JSON_BYTES:,} bytes")
+def parse_json(data: bytes, what: str, path: str) -> Any:
+    """The JSON document ``data`` (the bytes of ``path``); malformed or absurdly nested text is
+    an :class:`ArtifactError` naming ``what`` it should have been."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{what} {path!r} is not valid JSON: {e}") from None
     except RecursionError:
         raise ArtifactError(f"{what} {path!r} is nested too deeply to be a bnnkit file") from None
     except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
         raise ArtifactError(f"{what} {path!r} cannot be read as JSON: {e}") from None
+
+
+def read_json(path: str, what: str = "file", *, max_bytes: int | None = None) -> Any:
+    """Parse the JSON file ``path`` (a regular file of at most ``max_bytes``, default
+    :data:`bnnkit.reading.MAX_JSON_BYTES`, read once); a missing, oversized, malformed or
+    absurdly nested file, or one that is not a regular file, is an :class:`ArtifactError`
+    naming ``what`` it should have been."""
+    from bnnkit.reading import MAX_JSON_BYTES, read_regular
+
+    return parse_json(read_regular(path, what, max_bytes=MAX_JSON_BYTES if max_bytes is None else max_bytes),
+                      what, path)
 
 
 def read_versioned_json(path: str, what: str, *, fmt: str, version: int) -> dict[str, Any]:
@@ -211,24 +212,30 @@ def tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | No
     return save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 
-def read_tensors(path: str, what: str = "tensor file") -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, on CPU; a missing or corrupt file raises :class:`ArtifactError`."""
-    from safetensors.torch import load_file
+def read_tensors(path: str, what: str = "tensor file", *, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file (a regular file, of at most ``max_bytes`` when given,
+    read once), on CPU; a missing or corrupt file raises :class:`ArtifactError`."""
+    from bnnkit.reading import read_regular
 
-    if not os.path.isfile(path):
-        raise ArtifactError(f"{what} {path!r} does not exist")
+    return tensors_from_bytes(read_regular(path, what, max_bytes=max_bytes), what, path)
+
+
+def tensors_from_bytes(data: bytes, what: str, path: str) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file whose bytes are ``data`` (read from ``path``)."""
+    from safetensors.torch import load
+
+    tensor_table_from_bytes(data, what, path)  # the header's own consistency, with bnnkit's messages
     try:
-        return load_file(path)
+        return load(data)
     except Exception as e:  # safetensors raises its own error types for corrupt headers and data
         raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: {e}") from None
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 (hex) of the regular file ``path``."""
+    from bnnkit.reading import file_size, sha256_regular
+
+    return sha256_regular(path, "file", size=file_size(path, "file"))
 
 
 def check_destination(directory: str, overwrite: bool) -> None:
@@ -304,13 +311,14 @@ def write_artifact_files(directory: str, tensors: dict[str, torch.Tensor], manif
                          manifest_file: str = "manifest.json") -> dict[str, Any]:
     """Write ``tensor_file`` and ``manifest_file`` into the existing directory ``directory`` (a
     staging directory: call inside :func:`staged_directory`). The manifest holds ``kind``,
-    ``format_version``, ``bnnkit_version``, ``tensor_file``, ``files`` (the SHA-256 of every file
-    under ``directory`` but the manifest itself, including files the caller wrote there before),
+    ``format_version``, ``bnnkit_version``, ``tensor_file``, ``files`` (the SHA-256 and size of
+    every file under ``directory`` but the manifest itself, including files the caller wrote
+    there before),
     the tensor table ``tensors`` (name -> dtype, shape) and ``manifest``'s fields. Returns it."""
     from bnnkit.version import __version__
 
     write_tensors(os.path.join(directory, tensor_file), tensors)
-    files = {rel: sha256_file(os.path.join(directory, rel)) for rel in list_files(directory) if rel != manifest_file}
+    files = {rel: file_entry(os.path.join(directory, rel)) for rel in list_files(directory) if rel != manifest_file}
     header = {"kind": kind, "format_version": version, "bnnkit_version": __version__, "tensor_file": tensor_file,
               "files": files, "tensors": tensor_table(tensors)}
     full = {**header, **manifest}
@@ -337,40 +345,64 @@ def tensor_table(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
                        "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-MAX_HEADER_BYTES = 64 << 20
+_SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                         "BOOL": 1}
+MAX_HEADER_BYTES = 16 << 20
 
 
 def read_safetensors_table(path: str, what: str = "tensor file") -> dict[str, dict[str, Any]]:
     """The tensor table of a safetensors file (name -> dtype, shape) read from its header alone,
-    without loading any tensor; a file whose header is malformed, or whose data does not match
-    the header's offsets, is an :class:`ArtifactError`."""
-    if not os.path.isfile(path):
-        raise ArtifactError(f"{what} {path!r} does not exist")
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
-            raise ArtifactError(f"{what} {path!r} is not a readable safetensors file (header length {n})")
-        raw = f.read(n)
+    without loading any tensor (:func:`safetensors_header`); the file's size must be what its
+    header describes."""
+    from bnnkit.reading import open_regular
+
+    fd = open_regular(path, what)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            table, size, _ = safetensors_header(f.read, what, path)
+        actual = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if actual != size:
+        raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: {actual} bytes on disk, the header "
+                            f"describes {size}")
+    return table
+
+
+def safetensors_header(read, what: str, path: str) -> tuple[dict[str, dict[str, Any]], int, dict[str, str]]:
+    """``(tensor table, file size the header describes, metadata)`` of a safetensors file, from its
+    first bytes (``read(n)`` returns the next ``n`` bytes): the 8-byte header length, then
+    the JSON header (at most :data:`MAX_HEADER_BYTES`). A malformed header, or tensors whose
+    byte ranges do not match their shapes, is an :class:`ArtifactError`."""
+    head = read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 < n <= MAX_HEADER_BYTES:
+        raise ArtifactError(f"{what} {path!r} is not a readable safetensors file (header length {n})")
+    raw = read(n)
+    if len(raw) != n:
+        raise ArtifactError(f"{what} {path!r} is not a readable safetensors file (the file ends inside its header)")
     try:
         header = json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: header is not JSON ({e})") from None
     if not isinstance(header, dict):
         raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: header is not an object")
-    table, end = {}, 0
+    table, end, metadata = {}, 0, {}
     for name, entry in header.items():
         if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: malformed __metadata__")
+            metadata = entry
             continue
         ok = (isinstance(entry, dict) and entry.get("dtype") in _SAFETENSORS_DTYPES
-              and isinstance(entry.get("shape"), list) and all(type(d) is int and d >= 0 for d in entry["shape"])
+              and isinstance(entry.get("shape"), list) and len(entry["shape"]) <= 16
+              and all(type(d) is int and 0 <= d < 2**62 for d in entry["shape"])
               and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
               and all(type(o) is int for o in entry["data_offsets"]))
         if not ok:
             raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: malformed entry {name!r}")
         begin, stop = entry["data_offsets"]
-        itemsize = torch.empty((), dtype=getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])).element_size()
+        itemsize = _SAFETENSORS_ITEMSIZE[entry["dtype"]]
         numel = 1
         for d in entry["shape"]:
             numel *= d
@@ -379,66 +411,91 @@ def read_safetensors_table(path: str, what: str = "tensor file") -> dict[str, di
                                 f"{stop - begin} bytes for shape {entry['shape']}")
         end = max(end, stop)
         table[name] = {"dtype": _SAFETENSORS_DTYPES[entry["dtype"]], "shape": entry["shape"]}
-    if 8 + n + end != size:
-        raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: {size} bytes on disk, the header "
-                            f"describes {8 + n + end}")
+    return table, 8 + n + end, metadata
+
+
+def tensor_table_from_bytes(data: bytes, what: str, path: str) -> dict[str, dict[str, Any]]:
+    """The tensor table of the safetensors file whose bytes are ``data``; the bytes must be
+    exactly what its header describes."""
+    view = memoryview(data)
+    position = 0
+
+    def read(n: int) -> bytes:
+        nonlocal position
+        chunk = bytes(view[position:position + n])
+        position += len(chunk)
+        return chunk
+
+    table, size, _ = safetensors_header(read, what, path)
+    if len(data) != size:
+        raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: {len(data)} bytes, the header "
+                            f"describes {size}")
     return table
 
 
-def verify_files(directory: str, files: dict[str, str], what: str) -> None:
-    """Every entry of ``files`` (relative path -> SHA-256) names a regular file inside
-    ``directory`` (no symlink) whose digest matches; otherwise an :class:`ArtifactError` names it."""
-    real_dir = os.path.realpath(directory)
-    for rel, expected in files.items():
-        path = os.path.join(directory, *rel.split("/"))
-        if os.path.islink(path) or not os.path.realpath(path).startswith(real_dir + os.sep):
-            raise ArtifactError(f"{what}: file {rel!r} is a link or lies outside the directory; refused")
-        if not os.path.isfile(path):
-            raise ArtifactError(f"{what}: file {rel!r} listed in the manifest is missing")
-        digest = sha256_file(path)
-        if digest != expected:
-            raise ArtifactError(f"{what}: checksum mismatch for {rel!r}: manifest says {expected}, file has "
-                                f"{digest}; the artifact is corrupt or was modified")
+def file_entry(path: str) -> dict[str, Any]:
+    """What a manifest's ``files`` table records of the file ``path``: ``{"sha256", "bytes"}``."""
+    from bnnkit.reading import file_size, sha256_regular
+
+    size = file_size(path, "file")
+    return {"sha256": sha256_regular(path, "file", size=size), "bytes": size}
 
 
-def build_for_tensors(build, table: dict[str, dict[str, Any]], where: str) -> torch.nn.Module:
-    """``build()`` (a module constructor call whose arguments came from a file), run first on the
-    meta device, where it allocates nothing: its state tensors must match ``table`` (name ->
-    dtype, shape, e.g. :func:`read_safetensors_table` of the weights it will load) before it is
-    built for real, so a file cannot make the reader allocate more than the tensors it holds.
-    The real build does not move the caller's random number generator."""
-    try:
-        with torch.device("meta"):
-            probe = build()
-    except (ValueError, TypeError, RuntimeError, OverflowError, MemoryError) as e:
-        raise ArtifactError(f"{where}: the model cannot be built: {type(e).__name__}: {e}") from None
-    want = {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-            for k, t in probe.state_dict().items()}
-    if want != {k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in table.items()}:
-        diff = sorted(k for k in set(want) | set(table) if want.get(k) != table.get(k))
-        raise ArtifactError(f"{where}: the model it describes and its stored tensors differ at {', '.join(diff[:5])}"
-                            f"{'...' if len(diff) > 5 else ''} (the model would hold "
-                            f"{[want.get(k) for k in diff[:2]]}, the file has {[table.get(k) for k in diff[:2]]})")
-    with torch.random.fork_rng(devices=[]):
-        return build()
-
-
-def verify_listed_file(directory: str, rel: str, manifest_file: str = "manifest.json") -> str:
-    """The path of ``rel`` inside the artifact ``directory`` after checking that its manifest lists
-    it and that its SHA-256 matches: how a reader of one file of an export directory (the ONNX
-    graph, the trained copy) makes sure it opens what the export wrote and nothing else."""
+def files_table(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    """The checked ``files`` table of a manifest: relative path -> ``{"sha256", "bytes"}``."""
     from bnnkit import schema
 
-    where = f"manifest of {directory!r}"
-    manifest = read_json(os.path.join(directory, manifest_file), "manifest")
-    files = schema.dict_of(schema.sha256, key=schema.relative_path)(
-        manifest.get("files") if isinstance(manifest, dict) else None, f"{where}: files")
+    entry = schema.record({"sha256": schema.sha256, "bytes": lambda v, w: schema.integer(v, w, 0, schema.MAX_INT)})
+    return schema.dict_of(entry, key=schema.relative_path, max_len=MAX_LISTED_FILES)(value, where)
+
+
+MAX_LISTED_FILES = 10_000
+
+
+def verify_files(directory, files: dict[str, dict[str, Any]], what: str, *, read: str | None = None) -> bytes | None:
+    """Check every entry of ``files`` (relative path -> ``{"sha256", "bytes"}``) against the
+    regular file it names inside ``directory`` (a path or an open
+    :class:`~bnnkit.reading.Directory`; no link is followed): first every file's size (nothing
+    is read while one differs), then every digest. With ``read``, that file's bytes are
+    returned: the bytes that were hashed. Otherwise an :class:`ArtifactError` names the file."""
+    from bnnkit.reading import Directory, MissingFile
+
+    if not isinstance(directory, Directory):
+        with Directory(directory, "artifact directory") as d:
+            return verify_files(d, files, what, read=read)
+    for rel, entry in files.items():
+        try:
+            size = directory.size(rel, "listed file")
+        except MissingFile:
+            raise ArtifactError(f"{what}: file {rel!r} listed in the manifest is missing") from None
+        except ArtifactError as e:
+            raise ArtifactError(f"{what}: {e}") from None
+        if size != entry["bytes"]:
+            raise ArtifactError(f"{what}: file {rel!r} is {size:,} bytes, the manifest records {entry['bytes']:,}; "
+                                "the artifact is corrupt or was modified")
+    kept = None
+    for rel, entry in files.items():
+        if rel == read:
+            kept = directory.read(rel, "listed file", size=entry["bytes"])
+            digest = hashlib.sha256(kept).hexdigest()
+        else:
+            digest = directory.sha256(rel, "listed file", size=entry["bytes"])
+        if digest != entry["sha256"]:
+            raise ArtifactError(f"{what}: checksum mismatch for {rel!r}: manifest says {entry['sha256']}, file has "
+                                f"{digest}; the artifact is corrupt or was modified")
+    return kept
+
+
+def read_listed_file(directory: str, files: dict[str, dict[str, Any]], rel: str, what: str) -> bytes:
+    """The bytes of ``rel`` inside the artifact ``directory`` whose checked ``files`` table is
+    ``files``: listed, of the recorded size, with the recorded SHA-256, hashed and returned
+    from one read (what a reader parses is what was checked). A file that is not listed is
+    refused without being opened."""
     if rel not in files:
-        raise ArtifactError(f"{where}: the file {rel!r} is not listed under files; refused (an export lists every "
+        raise ArtifactError(f"{what}: the file {rel!r} is not listed under files; refused (an export lists every "
                             "file it wrote; add a file of your own when saving: "
                             f"packed.save(DIR, extra_files={{{rel!r}: PATH}}))")
-    verify_files(directory, {rel: files[rel]}, where)
-    return os.path.join(directory, *rel.split("/"))
+    return verify_files(directory, {rel: files[rel]}, what, read=rel)
 
 
 def read_artifact(directory: str, *, kind: str, versions: tuple[int, ...], manifest_file: str = "manifest.json",
@@ -446,44 +503,55 @@ def read_artifact(directory: str, *, kind: str, versions: tuple[int, ...], manif
                   load_tensors: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and check an artifact written by :func:`write_artifact`: ``(manifest, tensors)``.
 
-    In order, before anything is built or loaded: the manifest's size, JSON, ``kind`` and
-    ``format_version``; its ``files`` table (every listed file present, inside the directory,
-    with its SHA-256; the tensor file must be listed; nothing unlisted is ever opened);
-    ``check_manifest(manifest)`` (the caller's schema; may return a cleaned manifest); the tensor
-    table against the tensor file's header; ``check_tensors(manifest)`` (e.g. what a model built
-    on the meta device would hold). Only then are the tensors loaded (``load_tensors=False``:
-    an empty dict is returned instead). Every failure is an :class:`ArtifactError` naming the
-    problem; ``retired`` maps format versions no longer read to what the user should do.
+    In order, before anything is built or loaded: the manifest (a regular file of at most
+    :data:`bnnkit.reading.MAX_JSON_BYTES`), its JSON, ``kind`` and ``format_version``; its
+    ``files`` table (every listed file a regular file inside the directory, reached without
+    following a link, of the recorded size, then with the recorded SHA-256; the tensor file
+    must be listed; nothing unlisted is ever opened); ``check_manifest(manifest)`` (the
+    caller's schema; may return a cleaned manifest); the tensor table against the tensor
+    file's header; ``check_tensors(manifest)`` (e.g. what a model built on the meta device
+    would hold). Only then are the tensors made, from the same bytes that were hashed
+    (``load_tensors=False``: an empty dict is returned instead). Every failure is an
+    :class:`ArtifactError` naming the problem; ``retired`` maps format versions no longer
+    read to what the user should do.
     """
     from bnnkit import schema
+    from bnnkit.reading import MAX_JSON_BYTES, Directory
 
-    if not os.path.isdir(directory):
-        raise ArtifactError(f"artifact directory {directory!r} does not exist")
     where = f"manifest of {directory!r}"
-    manifest = read_json(os.path.join(directory, manifest_file), "manifest")
-    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
-        raise ArtifactError(f"{directory!r} is not a {kind} artifact (manifest kind: "
-                            f"{manifest.get('kind') if isinstance(manifest, dict) else None!r})")
-    version = manifest.get("format_version")
-    if type(version) is not int or version not in versions:
-        hint = (retired or {}).get(version) if type(version) is int else None
-        raise ArtifactError(f"{directory!r} has {kind} format version {version!r}; "
-                            f"this bnnkit reads versions {', '.join(map(str, versions))}" + (f": {hint}" if hint else ""))
-    files = schema.dict_of(schema.sha256, key=schema.relative_path)(manifest.get("files"), f"{where}: files")
-    tensor_file = schema.relative_path(manifest.get("tensor_file"), f"{where}: tensor_file")
-    if tensor_file not in files:
-        raise ArtifactError(f"{where}: the tensor file {tensor_file!r} is not listed under files; refused")
-    verify_files(directory, files, where)
+    with Directory(directory, "artifact directory") as d:
+        manifest = parse_json(d.read(manifest_file, "manifest", max_bytes=MAX_JSON_BYTES), "manifest",
+                              os.path.join(directory, manifest_file))
+        if not isinstance(manifest, dict) or manifest.get("kind") != kind:
+            raise ArtifactError(f"{directory!r} is not a {kind} artifact (manifest kind: "
+                                f"{_show_kind(manifest)})")
+        version = manifest.get("format_version")
+        if type(version) is not int or version not in versions:
+            hint = (retired or {}).get(version) if type(version) is int else None
+            raise ArtifactError(f"{directory!r} has {kind} format version {schema.show(version)}; this bnnkit reads "
+                                f"versions {', '.join(map(str, versions))}" + (f": {hint}" if hint else ""))
+        files = files_table(manifest.get("files"), f"{where}: files")
+        tensor_file = schema.relative_path(manifest.get("tensor_file"), f"{where}: tensor_file")
+        if tensor_file not in files:
+            raise ArtifactError(f"{where}: the tensor file {tensor_file!r} is not listed under files; refused")
+        tensor_bytes = verify_files(d, files, where, read=tensor_file)
     if check_manifest is not None:
         manifest = check_manifest(manifest) or manifest
+    manifest["files"] = files
     table = schema.dict_of(schema.record({"dtype": lambda v, w: schema.string(v, w, tuple(_SAFETENSORS_DTYPES.values())),
-                                          "shape": schema.shape}))(manifest.get("tensors"), f"{where}: tensors")
+                                          "shape": schema.shape}),
+                           max_len=1_000_000)(manifest.get("tensors"), f"{where}: tensors")
     tensor_path = os.path.join(directory, *tensor_file.split("/"))
-    on_disk = read_safetensors_table(tensor_path)
-    _check_tensor_table(table, on_disk, directory)
+    _check_tensor_table(table, tensor_table_from_bytes(tensor_bytes, "tensor file", tensor_path), directory)
     if check_tensors is not None:
         check_tensors(manifest)
-    return manifest, read_tensors(tensor_path) if load_tensors else {}
+    return manifest, tensors_from_bytes(tensor_bytes, "tensor file", tensor_path) if load_tensors else {}
+
+
+def _show_kind(manifest: Any) -> str:
+    from bnnkit import schema
+
+    return schema.show(manifest.get("kind")) if isinstance(manifest, dict) else "none: not a JSON object"
 
 
 def _check_tensor_table(table: dict[str, Any], on_disk: dict[str, dict[str, Any]], directory: str) -> None:

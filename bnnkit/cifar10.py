@@ -65,11 +65,24 @@ def read_cifar10(root: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+#: Largest CIFAR-10 batch file read (a real one is about 30 MB).
+MAX_BATCH_BYTES = 256 << 20
+
+
+def _read_batch(path: str) -> bytes:
+    """The bytes of a batch file: a regular file (a FIFO is refused, never waited on) of at
+    most :data:`MAX_BATCH_BYTES`."""
+    from bnnkit.reading import MissingFile, read_regular
+
+    try:
+        return read_regular(path, "CIFAR-10 batch", max_bytes=MAX_BATCH_BYTES)
+    except MissingFile:
+        raise FileNotFoundError(f"CIFAR-10 batch {path!r} is missing") from None
+
+
 def read_binary_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One ``.bin`` batch: ``(images (N, 32, 32, 3) uint8, labels (N,) int64)``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CIFAR-10 batch {path!r} is missing")
-    raw = np.fromfile(path, dtype=np.uint8)
+    raw = np.frombuffer(_read_batch(path), dtype=np.uint8)
     if raw.size == 0 or raw.size % (1 + IMAGE_BYTES):
         raise CifarFormatError(f"{path}: {raw.size} bytes is not a whole number of 3073-byte CIFAR-10 records")
     records = raw.reshape(-1, 1 + IMAGE_BYTES)
@@ -215,10 +228,7 @@ def _uint8_array(obj: Any, what: str) -> np.ndarray:
 
 def read_python_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One batch of the python version: ``(images (N, 32, 32, 3) uint8, labels (N,) int64)``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CIFAR-10 batch {path!r} is missing")
-    with open(path, "rb") as f:
-        doc = parse_pickle_data(f.read(), path)
+    doc = parse_pickle_data(_read_batch(path), path)
     if not isinstance(doc, dict):
         raise CifarFormatError(f"{path}: not a CIFAR-10 batch (a dict with 'data' and 'labels')")
     data = doc.get(b"data", doc.get("data"))

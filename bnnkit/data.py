@@ -24,6 +24,7 @@ transforms (:mod:`bnnkit.images`) reproduce torchvision's with Pillow and torch 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -99,8 +100,7 @@ def dataset_input_spec(name: str, data_dir: str | None = None, input_shape: tupl
     digits and cifar10 have their own. ``num_classes``: the synthetic set's."""
     check_dataset_name(name)
     if name == "digits":
-        return InputSpec((1, 8, 8), value_range=(0, DIGITS_MAX), scale=2 / DIGITS_MAX, offset=-1.0, resize=8,
-                         class_names=DIGITS_CLASSES)
+        return _digits_spec()
     if name == "cifar10":
         from bnnkit.cifar10 import CLASSES
 
@@ -115,6 +115,14 @@ def dataset_input_spec(name: str, data_dir: str | None = None, input_shape: tupl
     input_shape = input_shape or SYNTHETIC_DEFAULT_SHAPE
     layout = {3: "NCHW", 1: "NC"}.get(len(input_shape))
     return InputSpec(tuple(input_shape), layout=layout) if layout else None
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_spec() -> InputSpec:
+    """The digits spec, with the brightness statistics of its training images."""
+    spec = InputSpec((1, 8, 8), value_range=(0, DIGITS_MAX), scale=2 / DIGITS_MAX, offset=-1.0, resize=8,
+                     class_names=DIGITS_CLASSES)
+    return spec.with_statistics(load_digits_raw("train")[0])
 
 
 def load_digits_raw(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -278,8 +286,9 @@ def _cifar10(data_dir: str | None, download: bool) -> DatasetSplits:
     root = _require_dir(data_dir, "cifar10")
     if download and find_layout(root) is None:
         download_cifar10(root)
-    spec = dataset_input_spec("cifar10")
-    train = ArrayImages(*read_cifar10(root, train=True), _CifarTrainTransform(spec, CIFAR10_CROP_PADDING))
+    images, labels = read_cifar10(root, train=True)
+    spec = dataset_input_spec("cifar10").with_statistics(images)
+    train = ArrayImages(images, labels, _CifarTrainTransform(spec, CIFAR10_CROP_PADDING))
     test = ArrayImages(*read_cifar10(root, train=False), _TestTransform(spec))
     return DatasetSplits("cifar10", train, test, spec.shape, 10, spec)
 

@@ -1,6 +1,6 @@
 """Image files and the image transforms of the zoo's recipes, with Pillow and torch only.
 
-Reading (:func:`open_image`, :func:`image_pixels`) serves both the ImageFolder loader and
+Reading (:func:`open_image`, :func:`image_header`) serves both the ImageFolder loader and
 ``bnnkit predict``. The transforms reproduce torchvision's (``RandomCrop(size, padding)``,
 ``RandomHorizontalFlip``, ``RandomResizedCrop``, ``Resize`` + ``CenterCrop``) operation for
 operation on PIL images and uint8 ``HWC`` arrays, drawing their random numbers from torch's
@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 
 #: File name endings read as images (torchvision's ImageFolder list), matched case-insensitively.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: The Pillow formats of those files, the only ones bnnkit opens (``Image.open(formats=...)``),
+#: whatever a file's name or first bytes say: never PostScript / EPS, which Pillow hands to
+#: Ghostscript, nor any other of Pillow's formats.
+PIL_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP")
+#: Largest image file read.
+MAX_IMAGE_FILE_BYTES = 256 << 20
 _GRAY_MODES = ("1", "L", "LA")
 _COLOR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "PA", "RGBX", "RGBa", "La")
 
@@ -40,18 +46,73 @@ def is_image_file(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def open_image(path: str) -> "Image.Image":
-    """The image at ``path``, decoded; unreadable files raise a ValueError naming ``path``."""
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """``(width, height)`` after torchvision's ``Resize(size)``: the shorter side becomes
+    ``size``, the longer ``int(size * long / short)``."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def check_image_pixels(width: int, height: int, name: str, resize: int | None = None) -> None:
+    """Refuse, from its header alone, an image whose pixels or whose resize to ``resize``
+    (shorter side) exceed :attr:`bnnkit.limits.Limits.image_pixels`: a 4 KB PNG can declare
+    a 1 x 4,000,000 image, which a resize of its shorter side to 8 makes 32 million pixels."""
+    from bnnkit.limits import limits
+
+    bound = limits().image_pixels
+    how = "raise the bound for images you trust with BNNKIT_LIMITS=image_pixels=N"
+    if width * height > bound:
+        raise ValueError(f"{name}: a {height}x{width} image ({width * height:,} pixels); bnnkit decodes images of at "
+                         f"most {bound:,} pixels ({how})")
+    if resize is not None:
+        w, h = resized_size(width, height, resize)
+        if w * h > bound:
+            raise ValueError(f"{name}: resizing this {height}x{width} image to a shorter side of {resize} makes "
+                             f"{h}x{w} = {w * h:,} pixels; bnnkit resizes to at most {bound:,} ({how})")
+
+
+def _open(path: str, resize: int | None, decode: bool):
+    from bnnkit.reading import open_regular
+
     Image = pil()
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
+    fd = open_regular(path, "image")  # ArtifactError (a ValueError) for a FIFO, a device, a directory
     try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            img.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
+        size = os.fstat(fd).st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            raise ValueError(f"{path}: a {size:,}-byte file; bnnkit reads image files of at most "
+                             f"{MAX_IMAGE_FILE_BYTES:,} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            try:
+                img = Image.open(f, formats=PIL_FORMATS)
+                check_image_pixels(*img.size, path, resize)
+                if not decode:
+                    return img.size, img.mode
+                if img.mode not in _GRAY_MODES + _COLOR_MODES:
+                    raise ValueError(f"{path}: image mode {img.mode!r} (16-bit or float pixels) is not supported; "
+                                     "save it as an 8-bit grayscale or RGB image")
+                img.load()
+            except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+                raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e}; bnnkit reads "
+                                 "JPEG, PNG, PPM/PGM, BMP, TIFF and WebP files)") from None
+    finally:
+        os.close(fd)
     return img
+
+
+def image_header(path: str, resize: int | None = None) -> tuple[tuple[int, int], str]:
+    """``((width, height), mode)`` of the image file ``path`` from its header (nothing is
+    decoded); checked as :func:`open_image` checks it."""
+    return _open(path, resize, decode=False)
+
+
+def open_image(path: str, resize: int | None = None) -> "Image.Image":
+    """The image at ``path``, decoded. Only a regular file is opened (a FIFO or device is
+    refused without blocking), only in one of :data:`PIL_FORMATS`, and only when its pixel
+    count, and that after a resize of its shorter side to ``resize``, are within
+    :attr:`bnnkit.limits.Limits.image_pixels` (checked from the header, before decoding).
+    Anything else raises a one-line ``ValueError`` naming ``path``."""
+    return _open(path, resize, decode=True)
 
 
 def image_to_channels(img: "Image.Image", channels: int, name: str) -> "Image.Image":
@@ -91,9 +152,7 @@ def resize_shorter_side(img: "Image.Image", size: int) -> "Image.Image":
     """torchvision ``Resize(size)``: the shorter side becomes ``size``, the longer
     ``int(size * long / short)``; bilinear (Pillow's, antialiased when shrinking)."""
     w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    new_w, new_h = resized_size(w, h, size)
     if (new_w, new_h) == (w, h):
         return img
     return img.resize((new_w, new_h), pil().Resampling.BILINEAR)

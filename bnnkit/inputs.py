@@ -21,6 +21,7 @@ the model's channels (1: grayscale, 3: RGB), its shorter side resized to ``resiz
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import Any
@@ -33,19 +34,35 @@ DTYPES = ("float32",)
 LAYOUTS = {"NCHW": 3, "NC": 1}  # layout -> dims of one input (without the batch dim)
 
 _KEYS = ("version", "shape", "dtype", "layout", "preprocessing", "class_names")
+_OPTIONAL_KEYS = ("statistics",)
 _PREPROCESSING_KEYS = ("value_range", "scale", "offset", "mean", "std", "resize")
+_STATISTICS_KEYS = ("image_mean", "image_mean_std")
+#: How many standard deviations from the training images' mean brightness an image may be
+#: before ``bnnkit predict`` warns that it looks unlike them (e.g. dark ink on a light page).
+FAR_FROM_TRAINING = 5.0
+
+
+def _show(value: Any) -> str:
+    from bnnkit.schema import show
+
+    return show(value)
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float's range
+        return False
 
 
 def _numbers(value: Any, field: str, length: int | None = None, each: str = "") -> tuple[float, ...]:
     if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
-        raise ValueError(f"{field}: expected a list of finite numbers, got {value!r}")
+        raise ValueError(f"{field}: expected a list of finite numbers, got {_show(value)}")
     if length is not None and len(value) != length:
         raise ValueError(f"{field}: expected {length} number{'s' * (length != 1)}{each}, got "
-                         f"{len(value)} ({list(value)!r})")
+                         f"{len(value)} ({_show(list(value))})")
     return tuple(float(v) for v in value)
 
 
@@ -65,6 +82,9 @@ class InputSpec:
         resize: images: the shorter side is resized to this before the center crop to the
             model's height x width; ``None``: images must have the model's size.
         class_names: one name per output class, or ``None`` (classes are then named by index).
+        statistics: ``(image_mean, image_mean_std)`` per channel, over the training images, of
+            each image's mean raw value, or ``None``: what :meth:`far_from_training` compares
+            an input with (digits: bright ink on a dark background, a mean of about 4.9 of 16).
     """
 
     shape: tuple[int, ...]
@@ -77,18 +97,19 @@ class InputSpec:
     std: tuple[float, ...] | None = None
     resize: int | None = None
     class_names: tuple[str, ...] | None = None
+    statistics: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         shape = self.shape
-        if not isinstance(shape, (list, tuple)) or not shape or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        if not isinstance(shape, (list, tuple)) or not shape or len(shape) > 8 or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 2**20 for d in shape):
             raise ValueError(f"shape: expected one input's shape without the batch dim as positive ints, "
-                             f"e.g. [3, 32, 32]; got {shape!r}")
+                             f"e.g. [3, 32, 32]; got {_show(shape)}")
         object.__setattr__(self, "shape", tuple(shape))
         if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
-            raise ValueError(f"dtype: {self.dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+            raise ValueError(f"dtype: {_show(self.dtype)} is not supported; accepted: {', '.join(DTYPES)}")
         if not isinstance(self.layout, str) or self.layout not in LAYOUTS:
-            raise ValueError(f"layout: {self.layout!r} is not known; accepted: {', '.join(LAYOUTS)}")
+            raise ValueError(f"layout: {_show(self.layout)} is not known; accepted: {', '.join(LAYOUTS)}")
         if LAYOUTS[self.layout] != len(self.shape):
             raise ValueError(f"layout: {self.layout} describes {LAYOUTS[self.layout]}-dim inputs, the shape "
                              f"{list(self.shape)} has {len(self.shape)} dims")
@@ -98,9 +119,9 @@ class InputSpec:
                 raise ValueError(f"preprocessing.value_range: expected [low, high] with low < high, got {[lo, hi]}")
             object.__setattr__(self, "value_range", (lo, hi))
         if not _is_number(self.scale) or self.scale == 0:
-            raise ValueError(f"preprocessing.scale: expected a finite non-zero number, got {self.scale!r}")
+            raise ValueError(f"preprocessing.scale: expected a finite non-zero number, got {_show(self.scale)}")
         if not _is_number(self.offset):
-            raise ValueError(f"preprocessing.offset: expected a finite number, got {self.offset!r}")
+            raise ValueError(f"preprocessing.offset: expected a finite number, got {_show(self.offset)}")
         object.__setattr__(self, "scale", float(self.scale))
         object.__setattr__(self, "offset", float(self.offset))
         if (self.mean is None) != (self.std is None):
@@ -116,17 +137,27 @@ class InputSpec:
             if self.layout != "NCHW":
                 raise ValueError(f"preprocessing.resize: only images (layout NCHW) are resized; layout is "
                                  f"{self.layout}")
-            if not isinstance(self.resize, int) or isinstance(self.resize, bool) or self.resize < max(self.shape[1:]):
+            if (not isinstance(self.resize, int) or isinstance(self.resize, bool) or self.resize < max(self.shape[1:])
+                    or self.resize > 2**20):
                 raise ValueError(f"preprocessing.resize: expected an int >= the crop size {max(self.shape[1:])} "
-                                 f"(the shorter side after resizing), got {self.resize!r}")
+                                 f"(the shorter side after resizing), got {_show(self.resize)}")
         if self.class_names is not None:
             names = self.class_names
             if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
-                raise ValueError(f"class_names: expected a non-empty list of non-empty strings, got {names!r}")
+                raise ValueError(f"class_names: expected a non-empty list of non-empty strings, got {_show(names)}")
             if len(set(names)) != len(names):
-                dup = sorted({n for n in names if names.count(n) > 1})
-                raise ValueError(f"class_names: names must be unique; repeated: {dup[:5]}")
+                dup = sorted(n for n, c in collections.Counter(names).items() if c > 1)
+                raise ValueError(f"class_names: names must be unique; repeated: {_show(dup[:5])}")
             object.__setattr__(self, "class_names", tuple(names))
+        if self.statistics is not None:
+            if not isinstance(self.statistics, (list, tuple)) or len(self.statistics) != 2:
+                raise ValueError(f"statistics: expected (image_mean, image_mean_std), got {_show(self.statistics)}")
+            channels = self.shape[0] if self.layout == "NCHW" else 1
+            mean = _numbers(self.statistics[0], "statistics.image_mean", channels, " (one per channel)")
+            std = _numbers(self.statistics[1], "statistics.image_mean_std", channels, " (one per channel)")
+            if not all(v >= 0 for v in std):
+                raise ValueError(f"statistics.image_mean_std: expected numbers >= 0, got {list(std)}")
+            object.__setattr__(self, "statistics", (mean, std))
 
     # --- what the spec says -------------------------------------------------------------
     @property
@@ -145,6 +176,32 @@ class InputSpec:
 
     def class_name(self, index: int) -> str:
         return self.class_names[index] if self.class_names is not None else str(index)
+
+    def with_statistics(self, raw_images: np.ndarray) -> InputSpec:
+        """This spec with the :attr:`statistics` of the training images ``raw_images``
+        (``(N, *shape)`` raw values, or ``(N, H, W, C)`` uint8 pixels of an ``NCHW`` spec, as
+        CIFAR-10 stores them), rounded to 4 significant digits (the same on every machine)."""
+        arr = np.asarray(raw_images)
+        if self.layout == "NCHW" and arr.ndim == 4 and arr.shape[1:] != self.shape and arr.shape[-1] == self.channels:
+            per_image = self.pixels_to_raw(arr.mean(axis=(1, 2)))  # (N, C); the pixel map is affine
+        elif self.layout == "NCHW":
+            per_image = arr.astype(np.float64).mean(axis=(2, 3))
+        else:
+            per_image = arr.astype(np.float64).mean(axis=1, keepdims=True)
+        mean = tuple(float(f"{v:.4g}") for v in per_image.mean(axis=0))
+        std = tuple(float(f"{v:.4g}") for v in per_image.std(axis=0))
+        return dataclasses.replace(self, statistics=(mean, std))
+
+    def far_from_training(self, raw: np.ndarray) -> float | None:
+        """How far one input's brightness (``raw``: ``(*shape)`` raw values) is from the
+        training images': the largest over channels of ``|mean - image_mean| / image_mean_std``
+        (``None`` without :attr:`statistics`). Above :data:`FAR_FROM_TRAINING` the input does
+        not look like what the model was trained on."""
+        if self.statistics is None:
+            return None
+        means = raw.reshape(raw.shape[0], -1).mean(axis=1) if self.layout == "NCHW" else np.array([raw.mean()])
+        span = (self.value_range[1] - self.value_range[0]) if self.value_range else 1.0
+        return max(abs(m - mu) / max(sd, 1e-3 * span) for m, mu, sd in zip(means, *self.statistics))
 
     # --- applying it ----------------------------------------------------------------------
     def normalize(self, raw: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -222,6 +279,8 @@ class InputSpec:
                 "resize": self.resize,
             },
             "class_names": None if self.class_names is None else list(self.class_names),
+            **({} if self.statistics is None else {"statistics": {"image_mean": list(self.statistics[0]),
+                                                                  "image_mean_std": list(self.statistics[1])}}),
         }
 
     @classmethod
@@ -236,20 +295,31 @@ class InputSpec:
         if not isinstance(obj, dict):
             raise bad("", f"expected an object with {', '.join(_KEYS)}; got {type(obj).__name__}")
         if obj.get("version") != SPEC_VERSION:
-            raise bad("version", f"{obj.get('version')!r} is not a version this bnnkit reads ({SPEC_VERSION})")
-        unknown = sorted(set(obj) - set(_KEYS))
+            raise bad("version", f"{_show(obj.get('version'))} is not a version this bnnkit reads ({SPEC_VERSION})")
+        unknown = sorted(str(k)[:40] for k in set(obj) - set(_KEYS) - set(_OPTIONAL_KEYS))[:5]
         missing = sorted(set(_KEYS) - set(obj))
         if unknown or missing:
             raise bad("", f"unknown field(s) {unknown}, missing field(s) {missing}; expected {', '.join(_KEYS)}")
         pre = obj["preprocessing"]
         if not isinstance(pre, dict) or set(pre) != set(_PREPROCESSING_KEYS):
-            got = sorted(pre) if isinstance(pre, dict) else type(pre).__name__
+            got = sorted(str(k)[:40] for k in pre)[:8] if isinstance(pre, dict) else type(pre).__name__
             raise bad("preprocessing", f"expected the fields {', '.join(_PREPROCESSING_KEYS)}; got {got}")
+        stats = obj.get("statistics")
+        if stats is not None and (not isinstance(stats, dict) or set(stats) != set(_STATISTICS_KEYS)):
+            raise bad("statistics", f"expected null or the fields {', '.join(_STATISTICS_KEYS)}")
+        names = obj["class_names"]
+        if isinstance(names, list) and len(names) > 100_000:
+            raise bad("class_names", f"expected at most 100,000 names, got {len(names):,}")
         try:
+            for field, value in (("shape", obj["shape"]), ("preprocessing.mean", pre["mean"]),
+                                 ("preprocessing.std", pre["std"]), ("class_names", names)):
+                if isinstance(value, list) and len(value) > 100_000:
+                    raise ValueError(f"{field}: expected a short list, got {len(value):,} items")
             return cls(shape=obj["shape"], dtype=obj["dtype"], layout=obj["layout"],
                        value_range=pre["value_range"], scale=pre["scale"], offset=pre["offset"],
-                       mean=pre["mean"], std=pre["std"], resize=pre["resize"], class_names=obj["class_names"])
-        except (ValueError, TypeError) as e:
+                       mean=pre["mean"], std=pre["std"], resize=pre["resize"], class_names=names,
+                       statistics=None if stats is None else (stats["image_mean"], stats["image_mean_std"]))
+        except (ValueError, TypeError, OverflowError) as e:
             raise ArtifactError(f"{where}.{e}") from None
 
 

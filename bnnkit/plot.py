@@ -14,9 +14,10 @@ import json
 import os
 from typing import Any
 
-from bnnkit.artifacts import ArtifactError, atomic_path, read_json
+from bnnkit.artifacts import ArtifactError, atomic_path, check_writable, read_json
 
 METRICS_FILE = "metrics.jsonl"
+MAX_METRICS_BYTES = 256 << 20
 
 #: (panel title, [(metrics.jsonl key, line style)]) in reading order, two rows of three.
 PANELS = (
@@ -37,34 +38,44 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     naming the line for one that is not a JSON object with the plotted keys, and
     ``ValueError`` for a run without a finished epoch.
     """
+    from bnnkit.reading import read_regular
+
     path = os.path.join(run_dir, METRICS_FILE)
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"{run_dir!r} has no {METRICS_FILE}: not a training run (bnnkit train --out DIR)")
+    try:
+        text = read_regular(path, "metrics file", max_bytes=MAX_METRICS_BYTES).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not UTF-8 text ({e})") from None
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ArtifactError(f"{path}, line {number}: not valid JSON ({e})") from None
-            missing = [k for k in ("epoch", *KEYS) if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise ArtifactError(f"{path}, line {number}: lacks {', '.join(missing)}")
-            bad = [k for k in ("epoch", *KEYS) if not _is_number_or_none(row[k])]
-            if bad:
-                raise ArtifactError(f"{path}, line {number}: {', '.join(bad)} must be numbers")
-            rows.append(row)
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            reason = "nested too deeply" if isinstance(e, RecursionError) else f"not valid JSON ({e})"
+            raise ArtifactError(f"{path}, line {number}: {reason}") from None
+        missing = [k for k in ("epoch", *KEYS) if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ArtifactError(f"{path}, line {number}: lacks {', '.join(missing)}")
+        bad = [k for k in KEYS if not _is_number_or_none(row[k])]
+        if type(row["epoch"]) is not int or not 0 <= row["epoch"] <= 2**53:
+            bad.insert(0, "epoch")
+        if bad:
+            raise ArtifactError(f"{path}, line {number}: {', '.join(bad)} must be numbers")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path} holds no finished epoch yet")
     return sorted(rows, key=lambda r: r["epoch"])
 
 
 def _is_number_or_none(v: Any) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    if type(v) is int:
+        return abs(v) <= 2**53
+    return v is None or type(v) is float
 
 
 def run_curves(run_dir: str) -> dict[str, list[float]]:
@@ -105,6 +116,7 @@ def plot_runs(run_dirs: list[str], out: str, *, title: str | None = None, dpi: i
         raise ValueError("give at least one run directory")
     if not out.lower().endswith(".png"):
         raise ValueError(f"the output file must end with .png, got {out!r}")
+    check_writable(out, "the output file", directory=False)  # before any work, not after the drawing
     curves = [run_curves(d) for d in run_dirs]  # every run is read before anything is drawn
     try:
         import matplotlib

@@ -13,15 +13,24 @@ torch tensors and PIL images. Arrays hold raw inputs as the dataset stores them 
 0..16; images: 0..255 pixels), one ``(*shape)`` or a batch ``(N, *shape)``. Everything is
 preprocessed with the export's :class:`~bnnkit.inputs.InputSpec` and run through one
 runtime of :mod:`bnnkit.export.validation.runtimes`, in batches. Every input is checked before
-any is run; a bad one raises a one-line ``ValueError`` naming it and what is expected.
+any is run; a bad one raises a one-line ``ValueError`` naming it and what is expected. Files
+are opened only when they are regular files (a FIFO named ``b.png`` is refused by name, never
+waited on), images only in the formats listed above and within the pixel bound of
+:mod:`bnnkit.limits`; outputs that are not finite are an error, never ``nan`` probabilities.
+
+``invert=True`` (``bnnkit predict --invert``) turns image pixels ``p`` into ``255 - p``
+before preprocessing, for dark-on-light drawings given to a model trained on bright ink on a
+dark background (the digits). When the training images' brightness is recorded (the input
+spec's ``statistics``) and an image is far from it, :meth:`Predictor.predict` warns once
+(:class:`InputStatisticsWarning`).
 ``bnnkit predict`` is this module on the command line.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,11 +39,15 @@ import torch
 
 from bnnkit.choices import PREDICT_RUNTIMES
 from bnnkit.images import IMAGE_EXTENSIONS, is_image_file
-from bnnkit.inputs import InputSpec, spec_from_optional_json
+from bnnkit.inputs import FAR_FROM_TRAINING, InputSpec, spec_from_optional_json
 
 #: ``bnnkit predict --runtime`` names -> runtimes of :data:`bnnkit.export.validation.runtimes.RUNTIMES`
 #: (``onnxruntime``: CUDA when onnxruntime has it, else CPU; ``onnxruntime-cpu`` / ``-cuda``: that provider).
 RUNTIME_CHOICES = PREDICT_RUNTIMES
+
+
+class InputStatisticsWarning(UserWarning):
+    """Some inputs look unlike the model's training images (e.g. dark ink on a light page)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,15 +163,10 @@ class Predictor:
                              f"of shape (N, {', '.join(map(str, spec.shape))})")
 
     def _image_item(self, path: str) -> _Item:
-        from bnnkit.images import pil
+        from bnnkit.images import image_header
 
         self._require_images(path)
-        Image = pil()
-        try:
-            with Image.open(path) as img:  # the header only: format, mode and size
-                size = img.size
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
+        size, _ = image_header(path, self.spec.resize)  # the header only: format, mode and size, within bounds
         if self.spec.resize is None and size != self.spec.image_size[::-1]:
             h, w = self.spec.image_size
             raise ValueError(f"{path}: a {size[1]}x{size[0]} image; this model takes {h}x{w} images (its input "
@@ -175,26 +183,37 @@ class Predictor:
         spec.check_range(batch, name)
         return [_Item(f"{name}[{i}]", array=batch[i]) for i in range(batch.shape[0])]
 
-    def _raw(self, item: _Item) -> np.ndarray:
-        """One input as raw values, ``(*shape)`` float64."""
+    def _raw(self, item: _Item, invert: bool = False) -> np.ndarray:
+        """One input as raw values, ``(*shape)`` float64 (``invert``: image pixels ``p`` become
+        ``255 - p`` first)."""
         if item.array is not None:
             return np.asarray(item.array, dtype=np.float64)
-        from bnnkit.images import image_to_channels, open_image, resize_center_crop, to_chw
+        from bnnkit.images import check_image_pixels, image_to_channels, open_image, resize_center_crop, to_chw
 
-        img = open_image(item.image) if isinstance(item.image, str) else item.image
+        if isinstance(item.image, str):
+            img = open_image(item.image, self.spec.resize)
+        else:
+            img = item.image
+            check_image_pixels(*img.size, item.name, self.spec.resize)
         img = image_to_channels(img, self.spec.channels, item.name)
         h, w = self.spec.image_size
         if self.spec.resize is not None:
             img = resize_center_crop(img, self.spec.resize, h, w)
         elif img.size != (w, h):
             raise ValueError(f"{item.name}: a {img.size[1]}x{img.size[0]} image; this model takes {h}x{w} images")
-        return self.spec.pixels_to_raw(to_chw(img))
+        pixels = to_chw(img)
+        return self.spec.pixels_to_raw(255 - pixels if invert else pixels)
 
     # --- running --------------------------------------------------------------------------
-    def predict(self, inputs: Any, *, top_k: int = 5, batch_size: int = 64, progress: bool = False) -> list[Prediction]:
-        """Top-``top_k`` classes (at most the number of classes) of every input, in order."""
+    def predict(self, inputs: Any, *, top_k: int = 5, batch_size: int = 64, progress: bool = False,
+                invert: bool = False) -> list[Prediction]:
+        """Top-``top_k`` classes (at most the number of classes) of every input, in order.
+        ``invert``: image pixels ``p`` become ``255 - p`` (dark-on-light images for a model
+        trained on bright ink on a dark background); arrays are taken as they are. Warns once
+        (:class:`InputStatisticsWarning`) when images are far from the training images'
+        brightness."""
         items = self.collect(inputs)
-        names, probs = self._probabilities(items, batch_size, progress)
+        names, probs = self._probabilities(items, batch_size, progress, bool(invert))
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top-k must be an int >= 1, got {top_k!r}")
         k = min(top_k, probs.shape[1])
@@ -202,24 +221,52 @@ class Predictor:
         return [Prediction(name, tuple(idx.tolist()), tuple(self.spec.class_name(i) for i in idx.tolist()),
                            tuple(v.tolist())) for name, idx, v in zip(names, indices, values)]
 
-    def _probabilities(self, items: Sequence[_Item], batch_size: int, progress: bool) -> tuple[list[str], torch.Tensor]:
+    def _probabilities(self, items: Sequence[_Item], batch_size: int, progress: bool,
+                       invert: bool = False) -> tuple[list[str], torch.Tensor]:
         from tqdm.auto import tqdm
 
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch size must be an int >= 1, got {batch_size!r}")
         batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-        out = []
+        out, unlike = [], []
         for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress or len(batches) < 2):
-            x = self.spec.normalize(np.stack([self._raw(item) for item in batch]))
-            logits = self.runtime.run(x)
-            self._check_outputs(logits, len(batch))
+            raw = np.stack([self._raw(item, invert) for item in batch])
+            unlike += [(item.name, r) for item, r in zip(batch, raw)
+                       if item.image is not None and (self.spec.far_from_training(r) or 0) > FAR_FROM_TRAINING]
+            logits = self.runtime.run(self.spec.normalize(raw))
+            self._check_outputs(logits, batch)
             out.append(torch.softmax(logits.double(), dim=1))
+        if unlike:
+            warnings.warn(self._unlike_message(unlike, sum(item.image is not None for item in items), invert),
+                          InputStatisticsWarning, stacklevel=3)
         return [item.name for item in items], torch.cat(out)
 
-    def _check_outputs(self, logits: torch.Tensor, n: int) -> None:
+    def _unlike_message(self, unlike: list[tuple[str, np.ndarray]], images: int, invert: bool) -> str:
+        """One line: how many images look unlike the training images, and what to try."""
+        means, stds = self.spec.statistics
+        mean, std = sum(means) / len(means), sum(stds) / len(stds)
+        lo, hi = self.spec.value_range
+        first, raw = unlike[0]
+        brightness = float(raw.mean())
+        count = f"{len(unlike)} of {images} images" if images > 1 else "the image"
+        text = (f"{count} (first: {first}) look unlike the training images: mean raw value {brightness:.3g}, theirs "
+                f"{mean:.3g} +- {std:.3g} on [{lo:g}, {hi:g}]")
+        if abs(lo + hi - brightness - mean) < abs(brightness - mean):  # inverting would bring it closer
+            polarity = "bright ink on a dark background" if mean < (lo + hi) / 2 else "dark ink on a light background"
+            advice = "drop --invert" if invert else "pass --invert for the other polarity"
+            text += f"; the model takes {polarity} ({advice})"
+        return text + "; predictions may be wrong"
+
+    def _check_outputs(self, logits: torch.Tensor, batch: Sequence[_Item]) -> None:
+        n = len(batch)
         if logits.dim() != 2 or logits.shape[0] != n:
             raise ValueError(f"the {self.runtime.name} model returned outputs of shape {tuple(logits.shape)}; "
                              f"predict needs class scores (N, classes) for N = {n} inputs")
+        finite = torch.isfinite(logits).all(dim=1)
+        if not bool(finite.all()):
+            bad = [item.name for item, ok in zip(batch, finite.tolist()) if not ok]
+            raise ValueError(f"the {self.runtime.name} model returned NaN or infinite scores for {len(bad)} input(s) "
+                             f"(first: {bad[0]}); no probabilities can be given (a corrupt or crafted model)")
         names = self.spec.class_names
         if names is not None and len(names) != logits.shape[1]:
             raise ValueError(f"the input spec of {self.source} names {len(names)} classes, the model outputs "
@@ -227,10 +274,10 @@ class Predictor:
 
 
 def predict(export_dir: str | os.PathLike, inputs: Any, *, runtime: str = "packed", top_k: int = 5,
-            batch_size: int = 64, progress: bool = False) -> list[Prediction]:
+            batch_size: int = 64, progress: bool = False, invert: bool = False) -> list[Prediction]:
     """:meth:`Predictor.predict` of :meth:`Predictor.from_export` in one call."""
     return Predictor.from_export(export_dir, runtime).predict(inputs, top_k=top_k, batch_size=batch_size,
-                                                              progress=progress)
+                                                              progress=progress, invert=invert)
 
 
 def format_table(predictions: Iterable[Prediction]) -> str:
@@ -262,7 +309,7 @@ def _check_export_dir(export_dir: str) -> None:
 
     if not os.path.isdir(export_dir):
         raise FileNotFoundError(f"export directory {export_dir!r} does not exist")
-    if not os.path.isdir(os.path.join(export_dir, TRAINED_DIR)) and not os.path.isfile(
+    if not os.path.isdir(os.path.join(export_dir, TRAINED_DIR)) and not os.path.lexists(
             os.path.join(export_dir, PACKED_MANIFEST)):
         if os.path.isfile(os.path.join(export_dir, "config.json")):
             raise ValueError(f"{export_dir!r} is a training run, not an export directory; make one with: "
@@ -271,11 +318,19 @@ def _check_export_dir(export_dir: str) -> None:
                                 "make one with bnnkit export RUN_DIR --out EXPORT_DIR --onnx")
 
 
-def _load_runtime(export_dir: str, runtime: str):
-    from bnnkit.export.validation.runtimes import RUNTIMES, RuntimeUnavailable, TorchModuleRuntime, load_trained_model
+def _trained_runtime(export_dir: str):
+    from bnnkit.export.validation.runtimes import TorchModuleRuntime, load_trained
 
-    loaders = {**RUNTIMES, "trained": lambda d: TorchModuleRuntime("trained", load_trained_model(d),
-                                                                   "PyTorch eager, eval mode")}
+    model, config = load_trained(export_dir)
+    runtime = TorchModuleRuntime("trained", model, "PyTorch eager, eval mode")
+    runtime.config = config  # the checked run config, read from the same bytes as the model
+    return runtime
+
+
+def _load_runtime(export_dir: str, runtime: str):
+    from bnnkit.export.validation.runtimes import RUNTIMES, RuntimeUnavailable
+
+    loaders = {**RUNTIMES, "trained": _trained_runtime}
     names = ["onnxruntime-cuda", "onnxruntime-cpu"] if runtime == "onnxruntime" else [runtime]
     reasons = []
     for name in names:
@@ -289,26 +344,20 @@ def _load_runtime(export_dir: str, runtime: str):
 
 def _recorded_spec(export_dir: str, runtime) -> InputSpec | None:
     """The input spec in the file the runtime loaded: the manifest (packed), trained/config.json
-    (trained) or the ONNX file's metadata (onnxruntime)."""
-    from bnnkit.artifacts import ArtifactError, read_json
-    from bnnkit.export.layout import ONNX_FILE, TRAINED_DIR
+    (trained, checked with the model) or the ONNX file's metadata (onnxruntime)."""
+    from bnnkit.artifacts import parse_json
+    from bnnkit.export.layout import ONNX_FILE
 
     if hasattr(runtime, "session"):
         from bnnkit.export.onnx.export import INPUT_SPEC_KEY
 
-        text = runtime.session.get_modelmeta().custom_metadata_map.get(INPUT_SPEC_KEY)
+        text = runtime.metadata.get(INPUT_SPEC_KEY)
         where = f"{os.path.join(export_dir, ONNX_FILE)!r} metadata {INPUT_SPEC_KEY}"
         if text is None:
             return None
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"{where}: not valid JSON ({e})") from None
-        return spec_from_optional_json(obj, where)
+        return spec_from_optional_json(parse_json(text.encode(), "input spec", where), where)
     if runtime.name == "trained":
-        path = os.path.join(export_dir, TRAINED_DIR, "config.json")
-        return spec_from_optional_json(read_json(path, "trained model config").get("input_spec"),
-                                       f"{path!r} input_spec")
+        return spec_from_optional_json(runtime.config["input_spec"], f"{export_dir!r} trained/config.json input_spec")
     return getattr(runtime.module, "input_spec", None)
 
 
@@ -321,13 +370,57 @@ def _images_in_folder(folder: str) -> list[str]:
     return found
 
 
+#: What a .npy file of raw inputs may hold: at most this many dims, integer or float values.
+MAX_NPY_DIMS = 8
+
+
 def _load_npy(path: str) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{path}: not a .npy array of numbers ({e})") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot be read as a .npy array ({e})") from None
+    """The array of a ``.npy`` file, memory-mapped read-only. Only a regular file is opened (a
+    FIFO is refused, never waited on); its header is read and checked first (``.npy`` magic,
+    not a ``.npz`` archive, a plain integer or float dtype, at most :data:`MAX_NPY_DIMS`
+    non-negative dims, a file size that is exactly the header plus the data), without pickles."""
+    from bnnkit.reading import open_regular
+
+    fd = open_regular(path, ".npy array")
+    with os.fdopen(fd, "rb") as f:
+        magic = f.read(6)
+        if magic[:4] == b"PK\x03\x04":
+            raise ValueError(f"{path}: a .npz archive (a zip of arrays), not a .npy array; save one array with "
+                             "numpy.save, or extract it: numpy.load(PATH)[NAME]")
+        if magic != b"\x93NUMPY":
+            raise ValueError(f"{path}: not a .npy array (no NumPy header); save raw inputs with numpy.save")
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"format version {version} (bnnkit reads 1.0 and 2.0)")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+        except (ValueError, SyntaxError, TypeError, OverflowError, RecursionError) as e:
+            raise ValueError(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:200]})") from None
+        if not (isinstance(shape, tuple) and len(shape) <= MAX_NPY_DIMS
+                and all(type(d) is int and 0 <= d < 2**40 for d in shape)):
+            raise ValueError(f"{path}: a .npy array of shape {_short(shape)}; expected at most {MAX_NPY_DIMS} "
+                             "non-negative dims")
+        if dtype.hasobject or dtype.fields is not None or dtype.kind not in "iuf":
+            raise ValueError(f"{path}: arrays of {dtype} are not raw inputs; give integer or float values")
+        count = 1
+        for d in shape:
+            count *= d
+        offset, size = f.tell(), os.fstat(f.fileno()).st_size
+        if size != offset + count * dtype.itemsize:
+            raise ValueError(f"{path}: a .npy array of shape {shape} and dtype {dtype} takes "
+                             f"{offset + count * dtype.itemsize:,} bytes; the file has {size:,}")
+        if count == 0:
+            return np.empty(shape, dtype=dtype)
+        return np.memmap(f, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
+
+
+def _short(value: Any) -> str:
+    from bnnkit.schema import show
+
+    return show(value)
 
 
 def _as_batch(arr: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:

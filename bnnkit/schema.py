@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
-from bnnkit.artifacts import ArtifactError
+from bnnkit.errors import ArtifactError
 
 #: Largest integer a count or size field may hold (sizes beyond this are not real models).
 MAX_INT = 2**53
@@ -25,13 +26,26 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 Check = Callable[[Any, str], Any]
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxlong, r.maxother = 3, 6, 6, 6, 50, 40, 50
+    r.repr_int = lambda x, level: f"an integer of {x.bit_length()} bits" if x.bit_length() > 128 else repr(x)
+    return r
+
+
+_REPR = _short_repr()
+
+
+def show(value: Any) -> str:
+    """A short one-line ``repr`` of a value read from a file, for an error message: at most 60
+    characters, computed without walking more than a few levels and items of a container or
+    printing all digits of a huge integer."""
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def fail(where: str, expected: str, value: Any) -> ArtifactError:
-    return ArtifactError(f"{where} must be {expected}, got {_show(value)}")
+    return ArtifactError(f"{where} must be {expected}, got {show(value)}")
 
 
 def integer(value: Any, where: str, lo: int = -MAX_INT, hi: int = MAX_INT) -> int:
@@ -42,7 +56,9 @@ def integer(value: Any, where: str, lo: int = -MAX_INT, hi: int = MAX_INT) -> in
 
 
 def number(value: Any, where: str, lo: float = -math.inf, hi: float = math.inf) -> float:
-    """A finite int or float (not a bool) in ``[lo, hi]``."""
+    """A finite int or float (not a bool) in ``[lo, hi]`` (an int beyond float's range is not)."""
+    if type(value) is int and abs(value) >= 2**1024:
+        raise fail(where, f"a finite number in [{lo:g}, {hi:g}]", value)
     if type(value) not in (int, float) or not math.isfinite(value) or not lo <= value <= hi:
         raise fail(where, f"a finite number in [{lo:g}, {hi:g}]", value)
     return float(value)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tempfile
 
 import torch
@@ -124,13 +123,14 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool
     the packed artifact, a copy of the trained model, and with ``onnx=True`` the ONNX graph
     (packed weights, verified in ONNX Runtime). An existing ``out`` is replaced only with
     ``overwrite=True``."""
-    from bnnkit.train import load_run
+    from bnnkit.train.checkpoint import model_from_run_files, read_run_files
 
     run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
     _check_destination(run_dir, os.fspath(out), overwrite)
-    model, config = load_run(run_dir)
+    config, run_files = read_run_files(run_dir)  # read once: the copy in trained/ is what was checked and packed
+    model = model_from_run_files(config, run_files["model.safetensors"], run_dir)
     input_shape = tuple(config["input_shape"])
     spec = run_input_spec(run_dir, config)
     packed = pack(model, architecture={"name": config["model"], "kwargs": config["model_kwargs"]},
@@ -138,7 +138,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool
     with staged_directory(os.fspath(out), overwrite=overwrite) as staging:
         os.makedirs(os.path.join(staging, TRAINED_DIR))
         for name in RUN_FILES:
-            shutil.copy2(os.path.join(run_dir, name), os.path.join(staging, TRAINED_DIR, name))
+            with open(os.path.join(staging, TRAINED_DIR, name), "wb") as f:
+                f.write(run_files[name])
         onnx_info = to_onnx(model, os.path.join(staging, ONNX_FILE), onnx_example_input(input_shape),
                             input_spec=spec) if onnx else None
         packed.write_files(staging)  # last: its manifest lists every file of the directory with its SHA-256

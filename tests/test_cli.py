@@ -146,8 +146,9 @@ def test_bad_values_get_one_line_exit_2_and_leave_nothing(tmp_path, capsys, monk
 
 
 def test_resume_of_a_run_killed_before_its_config_starts_from_the_beginning(tmp_path, capsys):
-    """A trainer killed right after creating its directory leaves it empty but for the lock
-    file: --resume (with the options given again) trains from the beginning."""
+    """A trainer killed right after creating its directory leaves it empty (here with the lock
+    file an earlier bnnkit left): --resume (with the options given again) trains from the
+    beginning."""
     run = tmp_path / "run"
     run.mkdir()
     (run / ".lock").touch()

@@ -94,7 +94,7 @@ def test_reading_images_and_channel_rules(tmp_path):
         image_to_channels(open_image(str(tmp_path / "color.jpg")), 1, "color.jpg")
     with pytest.raises(ValueError, match="broken.png: cannot be read as an image"):
         open_image(str(tmp_path / "broken.png"))
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         open_image(str(tmp_path / "missing.png"))
     with pytest.raises(ValueError, match="16-bit or float"):
         image_to_channels(Image.fromarray(np.zeros((4, 4), np.float32)), 1, "f")

@@ -93,6 +93,7 @@ def _trainer(out: str, resume: bool, kill_at: int | None, report: str | None, ho
         if kill_at is not None and len(events) == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         if hold is not None and event == "locked":
+            open(hold + ".held", "w").close()  # tells the test the directory is locked
             deadline = time.monotonic() + 120
             while not os.path.exists(hold) and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -184,7 +185,7 @@ def test_reference_run_exercises_every_kind_of_epoch(reference):
     assert all(torch.equal(state["model"][k], state["tensors"][f"best.{k}"]) for k in state["model"])
     assert any(not torch.equal(state["model"][k], state["tensors"][f"model.{k}"]) for k in state["model"])
     assert {e for e, _ in events} == {"mkdir", "create", "locked", "written", "rename"}
-    assert state["files"] == [".lock", CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, MANIFEST_FILE]
+    assert state["files"] == [CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, MANIFEST_FILE]  # no lock file
 
 
 def _kill_then_resume(procs, run, kill_at: int, ref_state: dict, what: str) -> list[str]:
@@ -221,9 +222,9 @@ def test_kill_during_resume_at_every_write_step(procs, reference, tmp_path):
     shutil.copytree(template, probe)
     assert _run(procs, probe, resume=True, report=report) == 0
     resume_events = json.load(open(report))["events"]
-    # after taking the lock, the resume first rewrites the files derived from the checkpoint
-    assert resume_events[:2] == [["create", ".lock"], ["locked", ".lock"]]
-    assert resume_events[2][0] == "create" and resume_events[2][1].startswith(f".{METRICS_FILE}.")
+    # after locking the directory, the resume first rewrites the files derived from the checkpoint
+    assert resume_events[0] == ["locked", probe.name]
+    assert resume_events[1][0] == "create" and resume_events[1][1].startswith(f".{METRICS_FILE}.")
     steps = range(1, len(resume_events) + 1) if FULL_SWEEP else range(1, min(len(resume_events), 20) + 1)
     for k in steps:
         run = tmp_path / f"r{k}"
@@ -337,9 +338,8 @@ def test_two_trainers_on_one_directory_never_clobber(procs, reference, tmp_path)
     run, go = tmp_path / "run", tmp_path / "go"
     a = _start(procs, run, report=tmp_path / "a.json", hold=go)
     try:
-        while not (run / ".lock").exists():
+        while not (tmp_path / "go.held").exists():  # A holds the directory's lock
             time.sleep(0.01)
-        time.sleep(0.5)  # A takes the lock right after creating the file
         for name, resume in (("b", False), ("c", True)):
             assert _run(procs, run, resume=resume, report=tmp_path / f"{name}.json") == 2
             error = json.load(open(tmp_path / f"{name}.json"))["error"]

@@ -29,6 +29,11 @@ def add_parser(subparsers) -> None:
                    help="classes shown per input (default 5, at most the number of classes)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B", help="inputs per batch (default 64)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the predictions as JSON to PATH")
+    p.add_argument("--invert", action="store_true",
+                   help="invert image pixels (255 - p) before preprocessing: for dark-on-light drawings given to a "
+                        "model trained on bright ink on a dark background, as the digits models are (a warning "
+                        "says when an image's brightness is far from the training images'); .npy arrays are taken "
+                        "as they are")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_argument(p)
     p.set_defaults(run=run)
@@ -36,18 +41,29 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
+    import sys
+    import warnings
 
-    from bnnkit.artifacts import write_json
-    from bnnkit.predict import Predictor, format_table
+    from bnnkit.artifacts import check_writable, write_json
+    from bnnkit.predict import InputStatisticsWarning, Predictor, format_table
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     apply_threads(args.threads)
+    if args.json:
+        check_writable(args.json, "--json", directory=False)  # before the run, not after it
     predictor = Predictor.from_export(args.export_dir, args.runtime)
-    predictions = predictor.predict(args.inputs, top_k=args.top_k, batch_size=args.batch_size,
-                                    progress=not args.no_progress)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputStatisticsWarning)
+        predictions = predictor.predict(args.inputs, top_k=args.top_k, batch_size=args.batch_size,
+                                        progress=not args.no_progress, invert=args.invert)
+    for w in caught:
+        if issubclass(w.category, InputStatisticsWarning):
+            print(f"bnnkit predict: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(format_table(predictions))
     if args.json:
         write_json(args.json, {

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         shape = tuple(args.input_shape)
     summary = summarize(model, shape)
     packed_line = None
-    spec = _recorded_spec(os.path.join(args.run_dir, "config.json"), "run config") if args.run_dir else None
+    spec = _recorded_spec(config, args.run_dir) if args.run_dir else None
     if args.run_dir is not None:
         from bnnkit.export.run_export import export_artifact_bytes
 
@@ -84,12 +84,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded_spec(path: str, what: str):
-    """The input spec recorded in the JSON file ``path`` (a manifest or a run config), or ``None``."""
-    from bnnkit.artifacts import read_json
+def _recorded_spec(config: dict, run_dir: str):
+    """The input spec the run's checked config records (read with its model), or ``None``."""
     from bnnkit.inputs import spec_from_optional_json
 
-    return spec_from_optional_json(read_json(path, what).get("input_spec"), f"{path!r} input_spec")
+    return spec_from_optional_json(config.get("input_spec"), f"{os.path.join(run_dir, 'config.json')!r} input_spec")
 
 
 def _spec_text(spec, *, run: bool) -> str:

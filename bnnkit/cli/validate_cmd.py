@@ -78,18 +78,30 @@ def _packed_input_shape(directory: str) -> tuple[int, ...]:
     from bnnkit.export import load
     from bnnkit.export.layout import PACKED_MANIFEST
 
-    shape = load(directory).input_shape if os.path.isfile(os.path.join(directory, PACKED_MANIFEST)) else None
+    shape = load(directory).input_shape if os.path.lexists(os.path.join(directory, PACKED_MANIFEST)) else None
     if shape is None:
         raise ValueError(f"{directory!r} has no trained/ model and no packed artifact recording an input shape; "
                          "validate it from Python: bnnkit.export.validate(trained_model, directory, inputs)")
     return tuple(shape)
 
 
+def _trained_config(directory: str) -> dict:
+    """The checked run config of the export's trained copy: the export's manifest checked whole,
+    the file read once with the size and SHA-256 it lists, every field checked."""
+    from bnnkit.artifacts import parse_json, read_listed_file
+    from bnnkit.export.validation.runtimes import TRAINED_DIR, checked_export
+    from bnnkit.train.checks import run_config
+
+    rel = f"{TRAINED_DIR}/config.json"
+    path = os.path.join(directory, TRAINED_DIR, "config.json")
+    data = read_listed_file(directory, checked_export(directory)["files"], rel, f"manifest of {directory!r}")
+    return run_config(parse_json(data, "trained model config", path), f"trained model config {path!r}")
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from bnnkit import schema
-    from bnnkit.artifacts import ArtifactError, check_writable, read_json, write_json
+    from bnnkit.artifacts import check_writable, write_json
     from bnnkit.export.validation.runtimes import TRAINED_DIR, resolve_onnxruntime
     from bnnkit.export.validation.report import validate_artifact
 
@@ -103,16 +115,12 @@ def run(args: argparse.Namespace) -> int:
     json_path = args.json or os.path.join(directory, "validation.json")
     check_writable(json_path, "--json" if args.json else "the report", directory=False)  # before the run, not after
     if os.path.isdir(os.path.join(directory, TRAINED_DIR)):
-        path = os.path.join(directory, TRAINED_DIR, "config.json")
-        config = read_json(path, "trained model config")
-        if not isinstance(config, dict):
-            raise ArtifactError(f"trained model config {path!r} is not a JSON object")
-        input_shape = schema.input_shape(config.get("input_shape"), f"{path!r}: input_shape")
-        num_classes = schema.integer(config.get("num_classes"), f"{path!r}: num_classes", 1, 100_000)
+        config = _trained_config(directory)
+        input_shape, num_classes = tuple(config["input_shape"]), config["num_classes"]
     else:  # an export of a model outside the zoo: the packed artifact says what input it takes
-        config, input_shape, num_classes = {}, _packed_input_shape(directory), None
-    data = args.data or config.get("train", {}).get("dataset", "synthetic")
-    inputs, labels = load_inputs(data, args.data_dir or config.get("train", {}).get("data_dir"), args.samples,
+        config, input_shape, num_classes = {"train": {}}, _packed_input_shape(directory), None
+    data = args.data or config["train"].get("dataset") or "synthetic"
+    inputs, labels = load_inputs(data, args.data_dir or config["train"].get("data_dir"), args.samples,
                                  input_shape, num_classes)
     runtimes = None if args.runtimes is None else list(dict.fromkeys(resolve_onnxruntime(r) for r in args.runtimes))
     report = validate_artifact(directory, inputs, labels, runtimes=runtimes, batch_size=args.batch_size,

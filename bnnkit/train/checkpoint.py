@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnnkit.artifacts import (ArtifactError, build_for_tensors, read_json, read_safetensors_table, read_tensors,
-                              sha256_file)
+from bnnkit.artifacts import ArtifactError, parse_json, safetensors_header, tensors_from_bytes
+from bnnkit.reading import MAX_JSON_BYTES, Directory, open_regular, pread_stream, read_fd, read_safetensors_checked
+from bnnkit.train import checks
 from bnnkit.train.config import RUN_FORMAT_VERSION, TrainConfig, saved_model_kwargs
 
 CONFIG_FILE = "config.json"
@@ -142,49 +143,74 @@ class Checkpoint:
     optimizer_state: dict[str, Any]
 
 
-def _read_header(path: str, *, with_tensors: bool) -> tuple[str, str | None, dict[str, torch.Tensor]]:
-    """``(header JSON, recorded sha256, tensors)`` of the checkpoint ``path`` (tensors only
-    ``with_tensors``); an unreadable or foreign file raises :class:`ArtifactError`."""
-    from safetensors import safe_open
-
+def _parse_header(text: str, path: str) -> dict[str, Any]:
     try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
-    except Exception as e:  # safetensors raises its own error types for corrupt headers and data
-        raise ArtifactError(f"checkpoint {path!r} is not a readable safetensors file: {e}") from None
-    header = metadata.get(_HEADER_KEY)
-    if header is None:
+        state = json.loads(text)
+    except (ValueError, RecursionError):
+        state = None
+    if type(state) is not dict:
+        raise ArtifactError(f"checkpoint {path!r} is corrupt: its header is not a JSON object")
+    if state.get("kind") != CHECKPOINT_KIND or state.get("format_version") != RUN_FORMAT_VERSION:
+        from bnnkit import schema
+
+        raise ArtifactError(f"checkpoint {path!r} has kind {schema.show(state.get('kind'))}, format version "
+                            f"{schema.show(state.get('format_version'))}; this bnnkit reads {CHECKPOINT_KIND!r} "
+                            f"version {RUN_FORMAT_VERSION}")
+    return state
+
+
+def _header(fd: int, path: str) -> tuple[dict[str, dict[str, Any]], int, dict[str, Any], str, str | None]:
+    """``(tensor table, size the header describes, header state, header text, recorded sha256)``
+    of the checkpoint open at ``fd``, from its safetensors header alone."""
+    table, size, metadata = safetensors_header(pread_stream(fd), "checkpoint", path)
+    text = metadata.get(_HEADER_KEY)
+    if text is None:
         raise ArtifactError(f"checkpoint {path!r} was not written by this bnnkit (run format {RUN_FORMAT_VERSION}); "
                             "an older run cannot be resumed: start a new one")
-    return header, metadata.get(_DIGEST_KEY), tensors
+    return table, size, _parse_header(text, path), text, metadata.get(_DIGEST_KEY)
 
 
 def checkpoint_options(path: str) -> dict[str, Any]:
-    """The training options recorded in the checkpoint ``path``, from its header alone (the
-    content is verified when the checkpoint is read with :func:`read_checkpoint`)."""
-    header, _, _ = _read_header(path, with_tensors=False)
+    """The training options recorded in the checkpoint ``path``, checked (types and ranges),
+    from its header alone (the content is verified when the checkpoint is read with
+    :func:`read_checkpoint`)."""
+    fd = open_regular(path, "checkpoint")
     try:
-        options = json.loads(header)["train"]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        options = None
-    if not isinstance(options, dict):
-        raise ArtifactError(f"checkpoint {path!r} is corrupt: its header records no training options")
-    return options
+        _, _, state, _, _ = _header(fd, path)
+    finally:
+        os.close(fd)
+    return checks.train_options(state.get("train"), f"checkpoint {path!r}: train")
 
 
-def read_checkpoint(path: str) -> Checkpoint:
-    """Read and verify the checkpoint ``path``; a corrupt, foreign or older-format file raises
-    :class:`ArtifactError` naming the problem."""
-    header, digest, tensors = _read_header(path, with_tensors=True)
-    if digest != _tensor_digest(tensors, header):
-        raise ArtifactError(f"checkpoint {path!r} is corrupt: its content does not match the sha256 it records")
-    state = json.loads(header)
-    if state.get("kind") != CHECKPOINT_KIND or state.get("format_version") != RUN_FORMAT_VERSION:
-        raise ArtifactError(f"checkpoint {path!r} has kind {state.get('kind')!r}, format version "
-                            f"{state.get('format_version')!r}; this bnnkit reads {CHECKPOINT_KIND!r} version "
-                            f"{RUN_FORMAT_VERSION}")
-    progress = Progress(**{f.name: state.get(f.name) for f in dataclasses.fields(Progress)})
+def read_checkpoint(path: str, model: nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None) -> Checkpoint:
+    """Read and verify the checkpoint ``path`` (a regular file, read once); a corrupt, foreign
+    or older-format file, or one whose fields are out of range, raises :class:`ArtifactError`
+    naming the problem.
+
+    Before any tensor data is read: its header's tensor table (against ``model``'s state dict
+    and ``optimizer``'s parameters when given), its size, and every progress field (epoch
+    within the run's epochs, best epoch, one metrics row per epoch, optimizer groups like
+    ``optimizer``'s). Then its content is checked against the sha256 it records."""
+    where = f"checkpoint {path!r}"
+    fd = open_regular(path, "checkpoint")
+    try:
+        table, size, state, text, digest = _header(fd, path)
+        if model is not None:
+            model_table, params = checks.expected_checkpoint_table(model, optimizer)
+            checks.check_checkpoint_table(table, model_table, params if optimizer is not None else None, where)
+        fields = checks.progress_fields(state, where)
+        plain_optimizer = checks.optimizer_state(state.get("optimizer"), optimizer, where)
+        if os.fstat(fd).st_size != size:
+            raise ArtifactError(f"{where} is not a readable safetensors file: {os.fstat(fd).st_size:,} bytes on disk, "
+                                f"its header describes {size:,}")
+        data = read_fd(fd, size, "checkpoint", path)
+    finally:
+        os.close(fd)
+    tensors = tensors_from_bytes(data, "checkpoint", path)
+    if digest != _tensor_digest(tensors, text):
+        raise ArtifactError(f"{where} is corrupt: its content does not match the sha256 it records")
+    progress = Progress(**fields)
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -192,7 +218,7 @@ def read_checkpoint(path: str) -> Checkpoint:
     model_state = part("model.")
     best_state = part("best.") or model_state
     optimizer_state = _optimizer_from_files({k: v for k, v in tensors.items() if k.startswith("optimizer.")},
-                                            state["optimizer"])
+                                            plain_optimizer)
     return Checkpoint(progress, model_state, best_state, optimizer_state)
 
 
@@ -221,58 +247,161 @@ def manifest(digests: dict[str, str]) -> dict[str, Any]:
     return {"kind": MANIFEST_KIND, "format_version": RUN_FORMAT_VERSION, "files": dict(sorted(digests.items()))}
 
 
-def verify_run_files(run_dir: str, names: tuple[str, ...]) -> None:
-    """Check the files ``names`` of ``run_dir`` against its manifest; raise :class:`ArtifactError`
-    naming the first file that is missing, unlisted or changed."""
-    path = os.path.join(run_dir, MANIFEST_FILE)
-    doc = read_json(path, "run manifest")
+def _run_manifest_files(data: bytes, path: str) -> dict[str, str]:
+    from bnnkit import schema
+
+    doc = parse_json(data, "run manifest", path)
     files = doc.get("files") if isinstance(doc, dict) else None
     if not isinstance(doc, dict) or doc.get("kind") != MANIFEST_KIND or not isinstance(files, dict):
         raise ArtifactError(f"{path!r} is not a bnnkit run manifest (kind {MANIFEST_KIND!r} with a 'files' table)")
     if doc.get("format_version") != RUN_FORMAT_VERSION:
-        raise ArtifactError(f"run manifest {path!r} has format version {doc.get('format_version')!r}; "
+        raise ArtifactError(f"run manifest {path!r} has format version {schema.show(doc.get('format_version'))}; "
                             f"this bnnkit reads {RUN_FORMAT_VERSION}")
-    for name in names:
-        file = os.path.join(run_dir, name)
-        if name not in files:
-            raise ArtifactError(f"{file!r} is not listed in {MANIFEST_FILE} (the run has no finished epoch yet, "
-                                "or it was interrupted: bnnkit train --resume --out DIR completes it)")
-        if not os.path.isfile(file):
-            raise ArtifactError(f"{file!r}, listed in {MANIFEST_FILE}, is missing")
-        if sha256_file(file) != files[name]:
-            raise ArtifactError(f"{file!r} does not match its sha256 in {MANIFEST_FILE}: the file was modified or "
-                                "corrupted (or the run was interrupted while writing it: bnnkit train --resume "
-                                "--out DIR repairs an interrupted run)")
+    return schema.dict_of(schema.sha256, key=lambda k, w: schema.string(k, w, RUN_FILES))(files, f"{path!r}: files")
+
+
+def _check_listed(files: dict[str, str], name: str, data: bytes | None, run_dir: str, digest: str | None = None
+                  ) -> None:
+    """``data`` (the bytes of the run file ``name``, or their ``digest``) must be what the run
+    manifest records; ``data=None`` checks only that the file is listed."""
+    file = os.path.join(run_dir, name)
+    if name not in files:
+        raise ArtifactError(f"{file!r} is not listed in {MANIFEST_FILE} (the run has no finished epoch yet, "
+                            "or it was interrupted: bnnkit train --resume --out DIR completes it)")
+    if data is None and digest is None:
+        return
+    if (digest or hashlib.sha256(data).hexdigest()) != files[name]:
+        raise ArtifactError(f"{file!r} does not match its sha256 in {MANIFEST_FILE}: the file was modified or "
+                            "corrupted (or the run was interrupted while writing it: bnnkit train --resume "
+                            "--out DIR repairs an interrupted run)")
+
+
+def verify_run_files(run_dir: str, names: tuple[str, ...]) -> None:
+    """Check the files ``names`` of ``run_dir`` against its manifest; raise :class:`ArtifactError`
+    naming the first file that is missing, unlisted or changed."""
+    with Directory(run_dir, "run directory") as d:
+        files = _run_manifest_files(d.read(MANIFEST_FILE, "run manifest", max_bytes=MAX_JSON_BYTES),
+                                    os.path.join(run_dir, MANIFEST_FILE))
+        for name in names:
+            _check_listed(files, name, None, run_dir)
+            try:
+                size = d.size(name, "run file")
+            except ArtifactError:
+                raise ArtifactError(f"{os.path.join(run_dir, name)!r}, listed in {MANIFEST_FILE}, is missing or "
+                                    "not a regular file") from None
+            _check_listed(files, name, None, run_dir, d.sha256(name, "run file", size=size))
+
+
+def read_run_files(run_dir: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """``(checked config, {file name: bytes})`` of the files :func:`load_run` uses
+    (``config.json``, ``model.safetensors``, ``run-manifest.json``), each read once as a
+    regular file inside the run directory and checked against the run manifest from the
+    bytes returned; the model file's header is compared with the model the config describes
+    (built on the meta device) before its data is read. ``bnnkit export`` copies these bytes."""
+    if not os.path.isdir(run_dir):
+        raise ArtifactError(f"run directory {run_dir!r} does not exist")
+    export_manifest = os.path.join(run_dir, "manifest.json")  # what bnnkit export writes beside trained/
+    if not os.path.exists(os.path.join(run_dir, CONFIG_FILE)) and os.path.lexists(export_manifest):
+        raise ArtifactError(f"{run_dir!r} is an export directory (bnnkit export), not a training run; its trained "
+                            f"model is in {os.path.join(run_dir, 'trained')!r}; check it with: "
+                            f"bnnkit validate {run_dir}")
+    with Directory(run_dir, "run directory") as d:
+        config_bytes = d.read(CONFIG_FILE, "run config", max_bytes=MAX_JSON_BYTES)
+        config = checks.run_config(parse_json(config_bytes, "run config", os.path.join(run_dir, CONFIG_FILE)),
+                                   f"run config {os.path.join(run_dir, CONFIG_FILE)!r}")
+        manifest_bytes = d.read(MANIFEST_FILE, "run manifest", max_bytes=MAX_JSON_BYTES)
+        files = _run_manifest_files(manifest_bytes, os.path.join(run_dir, MANIFEST_FILE))
+        _check_listed(files, CONFIG_FILE, config_bytes, run_dir)
+        _check_listed(files, MODEL_FILE, None, run_dir)
+        table = _table(build_model_of_run(config, run_dir, meta=True))
+        model_path = os.path.join(run_dir, MODEL_FILE)
+        fd = d.open(MODEL_FILE, "model file")
+        try:
+            model_bytes = read_safetensors_checked(fd, "model file", model_path,
+                                                   lambda t: _compare_tables(table, t, f"run {run_dir!r}"))
+        except ArtifactError as e:
+            raise ArtifactError(f"{e} (a run interrupted while writing it is repaired by bnnkit train --resume "
+                                "--out DIR)") from None
+        finally:
+            os.close(fd)
+        _check_listed(files, MODEL_FILE, model_bytes, run_dir)
+    return config, {CONFIG_FILE: config_bytes, MODEL_FILE: model_bytes, MANIFEST_FILE: manifest_bytes}
 
 
 def load_run(run_dir: str, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the best model of a training run: ``(model in eval mode, config dict)``.
 
-    ``config.json`` and ``model.safetensors`` are checked against the run manifest first, and
-    the model is built on the meta device and compared with the tensor file before any
-    memory is allocated for it. Raises :class:`~bnnkit.artifacts.ArtifactError` for a
-    missing, corrupt or mismatched run.
+    ``config.json`` (every field checked, :func:`bnnkit.train.checks.run_config`) and
+    ``model.safetensors`` are read once each (:func:`read_run_files`) and checked against the
+    run manifest from the bytes that are then used; the model is built on the meta device
+    and compared with the tensor file's header before the file's data is read or any memory
+    is allocated for it. Raises :class:`~bnnkit.artifacts.ArtifactError` for a missing,
+    corrupt or mismatched run.
     """
+    config, data = read_run_files(run_dir)
+    return model_from_run_files(config, data[MODEL_FILE], run_dir, map_location), config
+
+
+def run_files_model(config_bytes: bytes, model_bytes: bytes, manifest_bytes: bytes, run_dir: str,
+                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_run` of a run whose three files were read (and verified) elsewhere, e.g. the
+    ``trained/`` copy of an export, whose manifest records each file's size and digest."""
+    config = checks.run_config(parse_json(config_bytes, "run config", os.path.join(run_dir, CONFIG_FILE)),
+                               f"run config {os.path.join(run_dir, CONFIG_FILE)!r}")
+    files = _run_manifest_files(manifest_bytes, os.path.join(run_dir, MANIFEST_FILE))
+    _check_listed(files, CONFIG_FILE, config_bytes, run_dir)
+    _check_listed(files, MODEL_FILE, model_bytes, run_dir)
+    return model_from_run_files(config, model_bytes, run_dir, map_location), config
+
+
+def _table(model: nn.Module) -> dict[str, dict[str, Any]]:
+    return {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+            for k, t in model.state_dict().items()}
+
+
+def _compare_tables(want: dict[str, dict[str, Any]], have: dict[str, dict[str, Any]], where: str) -> None:
+    from bnnkit.schema import show
+
+    have = {k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in have.items()}
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        raise ArtifactError(f"{where}: the model it describes and its stored tensors differ at {show(diff[:5])}"
+                            f"{'...' if len(diff) > 5 else ''} (the model would hold "
+                            f"{[want.get(k) for k in diff[:2]]}, the file has {[have.get(k) for k in diff[:2]]})")
+
+
+def build_model_of_run(config: dict[str, Any], run_dir: str, *, meta: bool) -> nn.Module:
+    """The model a checked run config describes, built on the meta device (``meta=True``: no
+    memory, whatever its arguments say) or for real (without moving the caller's RNG)."""
     from bnnkit import models
 
-    if not os.path.isdir(run_dir):
-        raise ArtifactError(f"run directory {run_dir!r} does not exist")
-    export_manifest = os.path.join(run_dir, "manifest.json")  # what bnnkit export writes beside trained/
-    if not os.path.exists(os.path.join(run_dir, CONFIG_FILE)) and os.path.isfile(export_manifest):
-        raise ArtifactError(f"{run_dir!r} is an export directory (bnnkit export), not a training run; its trained "
-                            f"model is in {os.path.join(run_dir, 'trained')!r}; check it with: "
-                            f"bnnkit validate {run_dir}")
-    config = read_json(os.path.join(run_dir, CONFIG_FILE), "run config")
-    if not isinstance(config, dict) or config.get("kind") != "bnnkit-run":
-        raise ArtifactError(f"{run_dir!r} is not a bnnkit training run (config.json kind is not 'bnnkit-run')")
-    if config.get("format_version") != RUN_FORMAT_VERSION:
-        raise ArtifactError(f"run {run_dir!r} has format version {config.get('format_version')!r}; "
-                            f"this bnnkit reads {RUN_FORMAT_VERSION}")
-    verify_run_files(run_dir, (CONFIG_FILE, MODEL_FILE))
-    if "model_kwargs" in config:
-        config["model_kwargs"] = saved_model_kwargs(config["model_kwargs"])  # bnnkit 0.1's estimator names
+    def build() -> nn.Module:
+        return models.create(config["model"], **config["model_kwargs"])
+
+    if not meta:
+        with torch.random.fork_rng(devices=[]):
+            return build()
+    try:
+        with torch.device("meta"):
+            return build()
+    except (ValueError, TypeError, RuntimeError, OverflowError, MemoryError) as e:
+        raise ArtifactError(f"run {run_dir!r}: the model cannot be built: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}") from None
+
+
+def model_from_run_files(config: dict[str, Any], model_bytes: bytes, run_dir: str,
+                         map_location: str | torch.device = "cpu") -> nn.Module:
+    """The run's model (eval mode) from its checked config and the bytes of its tensor file,
+    compared with what the model holds (built on the meta device) before anything is built."""
     model_path = os.path.join(run_dir, MODEL_FILE)
-    model = build_for_tensors(lambda: models.create(config["model"], **config["model_kwargs"]),
-                              read_safetensors_table(model_path, "model file"), f"run {run_dir!r}")
-    load_state(model, read_tensors(model_path, "model file"), model_path)
-    return model.to(map_location).eval(), config
+    _compare_tables(_table(build_model_of_run(config, run_dir, meta=True)),
+                    _table_of_bytes(model_bytes, model_path), f"run {run_dir!r}")
+    model = build_model_of_run(config, run_dir, meta=False)
+    load_state(model, tensors_from_bytes(model_bytes, "model file", model_path), model_path)
+    return model.to(map_location).eval()
+
+
+def _table_of_bytes(data: bytes, path: str) -> dict[str, dict[str, Any]]:
+    from bnnkit.artifacts import tensor_table_from_bytes
+
+    return tensor_table_from_bytes(data, "model file", path)

@@ -138,10 +138,13 @@ class TrainConfig:
             warmup_epochs=d.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs,
             lr_schedule=d.lr_schedule if self.lr_schedule is None else self.lr_schedule,
         )
-        if cfg.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
-        if cfg.batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {cfg.batch_size}")
+        _check_integers(cfg)
+        if not 1 <= cfg.epochs <= MAX_EPOCHS:
+            raise ValueError(f"epochs must be >= 1, got {cfg.epochs}" if cfg.epochs < 1 else
+                             f"epochs (--epochs) must be at most {MAX_EPOCHS:,}, got {cfg.epochs:,}")
+        if not 1 <= cfg.batch_size <= MAX_BATCH:
+            raise ValueError(f"batch size must be >= 1, got {cfg.batch_size}" if cfg.batch_size < 1 else
+                             f"batch size (--batch-size) must be at most {MAX_BATCH:,}, got {cfg.batch_size:,}")
         if not 0 <= cfg.warmup_epochs < cfg.epochs:
             raise ValueError(f"warm-up epochs (--warmup-epochs, {cfg.warmup_epochs} here) must be in [0, --epochs="
                              f"{cfg.epochs}); pass --warmup-epochs 0 for a short run")
@@ -151,12 +154,15 @@ class TrainConfig:
         cfg = dataclasses.replace(cfg, t=_resolved_threshold(cfg))
         if not (math.isfinite(cfg.o_end) and cfg.o_end >= 1):
             raise ValueError(f"o_end must be >= 1, got {cfg.o_end}")
-        if cfg.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+        if not 0 <= cfg.workers <= MAX_WORKERS:
+            raise ValueError(f"workers (--workers) must be in [0, {MAX_WORKERS}], got {cfg.workers}")
         if cfg.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {', '.join(k for k in AMP_DTYPES if k)} or None, got {cfg.amp!r}")
         check_lr_schedule(cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs)
         _check_optimizer_and_model(cfg)
+        from bnnkit.train.loop import resolve_device
+
+        resolve_device(cfg.device)  # --device meta / mps / xpu stop here, before any work
         return cfg
 
     def to_json(self) -> dict[str, Any]:
@@ -221,13 +227,29 @@ def _check_threshold(cfg: TrainConfig) -> None:
         raise ValueError(f"t (--t) must be a finite clipping threshold > 0, got {cfg.t}")
 
 
+MAX_EPOCHS = 1_000_000
+"""Most epochs a run may have (checked before any work; nothing loops over the epochs to plan)."""
+MAX_BATCH = 2**31 - 1
+MAX_WORKERS = 1024
+
 MAX_LR = 10.0
 """Largest learning rate accepted: beyond it SGD on these networks only diverges (and past
 float32's range the update itself overflows)."""
 
 
+def _check_integers(cfg: TrainConfig) -> None:
+    for name in ("epochs", "batch_size", "warmup_epochs", "seed", "workers"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    for name in ("lr", "momentum", "weight_decay", "o_end"):  # t: _check_threshold (None = the default)
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+
+
 def _check_optimizer_and_model(cfg: TrainConfig) -> None:
-    """The checks of :meth:`TrainConfig.resolved` on SGD's other values, the integers, and the
+    """The checks of :meth:`TrainConfig.resolved` on SGD's other values, the seed, and the
     model: built on the meta device (no memory), its constructor checks its arguments, and
     it must have a binary layer."""
     import torch
@@ -238,10 +260,6 @@ def _check_optimizer_and_model(cfg: TrainConfig) -> None:
     if cfg.threads is not None and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int)
                                     or not 1 <= cfg.threads <= 4096):
         raise ValueError(f"threads (--threads) must be an integer in [1, 4096], got {cfg.threads!r}")
-    for name in ("epochs", "batch_size", "warmup_epochs", "seed", "workers"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
     if not 0 <= cfg.seed < 2**63:
         raise ValueError(f"seed (--seed) must be in [0, 2**63), got {cfg.seed}")
     if not 0 <= cfg.momentum < 1:  # also refuses nan
@@ -301,7 +319,39 @@ def check_lr_schedule(schedule: str, epochs: int, warmup_epochs: int) -> None:
                              f"{REFERENCE_WARMUP_EPOCHS} epochs, got {epochs}; pass --warmup-epochs 0 for a short run")
 
 
+class _ReferenceReplay:
+    """The reference code's per-epoch learning rates, replayed with torch's own scheduler one
+    epoch at a time, as far as asked (the schedule is a recursion: epoch e needs e steps)."""
+
+    def __init__(self, epochs: int, base_lr: float, warm_up: bool) -> None:
+        import torch
+
+        self.shift = 4 if warm_up else 0
+        self.base_lr, self.warm_up = base_lr, warm_up
+        param = torch.zeros(1, requires_grad=True)
+        self.optimizer = torch.optim.SGD([{"params": [param], "initial_lr": base_lr}], lr=base_lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, epochs - self.shift, eta_min=0,
+                                                                    last_epoch=-1 - self.shift)
+        self.lrs: list[float] = []
+
+    def lr(self, epoch: int) -> float:
+        while len(self.lrs) <= epoch:
+            e = len(self.lrs)
+            group = self.optimizer.param_groups[0]
+            if self.warm_up and e < REFERENCE_WARMUP_EPOCHS:
+                group["lr"] = self.base_lr * (e + 1) / REFERENCE_WARMUP_EPOCHS
+            self.lrs.append(float(group["lr"]))
+            self.optimizer.step()  # no gradient: a no-op
+            if e >= self.shift:
+                self.scheduler.step()
+        return self.lrs[epoch]
+
+
 @functools.lru_cache(maxsize=32)
+def _replay(epochs: int, base_lr: float, warm_up: bool) -> _ReferenceReplay:
+    return _ReferenceReplay(epochs, base_lr, warm_up)
+
+
 def reference_lrs(epochs: int, base_lr: float, warm_up: bool) -> tuple[float, ...]:
     """The learning rate of every epoch as the reference code's main loop sets it.
 
@@ -322,23 +372,19 @@ def reference_lrs(epochs: int, base_lr: float, warm_up: bool) -> tuple[float, ..
     difference of 2.5e-6 at 1000 epochs). Without warm-up it is the plain cosine
     ``0.5 base_lr (1 + cos(pi e / epochs))``.
     """
-    import torch
+    replay = _replay(epochs, base_lr, warm_up)
+    replay.lr(epochs - 1)
+    return tuple(replay.lrs[:epochs])
 
-    shift = 4 if warm_up else 0
-    param = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.SGD([{"params": [param], "initial_lr": base_lr}], lr=base_lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs - shift, eta_min=0,
-                                                           last_epoch=-1 - shift)
-    lrs = []
-    for epoch in range(epochs):
-        group = optimizer.param_groups[0]
-        if warm_up and epoch < REFERENCE_WARMUP_EPOCHS:
-            group["lr"] = base_lr * (epoch + 1) / REFERENCE_WARMUP_EPOCHS
-        lrs.append(float(group["lr"]))
-        optimizer.step()  # no gradient: a no-op
-        if epoch >= shift:
-            scheduler.step()
-    return tuple(lrs)
+
+def peak_lr(epochs: int, base_lr: float, warmup_epochs: int = 0, schedule: str = "cosine") -> float:
+    """The largest learning rate of a run, from its first epochs only (no loop over all of
+    them): the cosine schedule peaks at the end of its warm-up; the reference schedule within
+    its first 9 epochs (without warm-up at epoch 0; with it at epoch 8, after which
+    ``cos(pi (e - 8) / (epochs - 4))`` decreases)."""
+    check_lr_schedule(schedule, epochs, warmup_epochs)
+    first = warmup_epochs + 1 if schedule == "cosine" else REFERENCE_WARMUP_EPOCHS + 4
+    return max(lr_at(e, epochs, base_lr, warmup_epochs, schedule) for e in range(min(epochs, first)))
 
 
 def lr_at(epoch: int, epochs: int, base_lr: float, warmup_epochs: int = 0, schedule: str = "cosine") -> float:
@@ -354,7 +400,7 @@ def lr_at(epoch: int, epochs: int, base_lr: float, warmup_epochs: int = 0, sched
     if not 0 <= epoch < epochs:
         raise ValueError(f"epoch must be in [0, {epochs}), got {epoch}")
     if schedule == "reference":
-        return reference_lrs(epochs, float(base_lr), bool(warmup_epochs))[epoch]
+        return _replay(epochs, float(base_lr), bool(warmup_epochs)).lr(epoch)
     if epoch < warmup_epochs:
         return base_lr * (epoch + 1) / warmup_epochs
     span = epochs - warmup_epochs

@@ -30,7 +30,7 @@ from bnnkit.nn.layers import binary_layers
 from bnnkit.schedule import OSchedule
 from bnnkit.train import checkpoint as ckpt
 from bnnkit.train import distributed, rundir
-from bnnkit.train.config import AMP_DTYPES, TrainConfig, lr_at
+from bnnkit.train.config import AMP_DTYPES, TrainConfig, lr_at, peak_lr
 from bnnkit.train.distributed import DistributedContext
 from bnnkit.train.indicators import estimating_error_tensor, gradient_stability_tensor, run_indicators
 
@@ -50,15 +50,24 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; other names are checked."""
+    """``"auto"`` -> CUDA when available, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` are
+    checked (CUDA must be there, N below the device count); any other device (``meta``,
+    ``mps``, ``xpu``, ...) is refused: bnnkit trains on CPUs and CUDA GPUs."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
+        device = torch.device(name) if isinstance(name, str) and len(name) <= 64 else None
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None:
+        raise ValueError(f"unknown device {str(name)[:64]!r}; use auto, cpu, cuda or cuda:N")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"bnnkit trains on cpu or cuda, not {device.type!r} (--device {name}); use auto, cpu, cuda "
+                         "or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -333,12 +342,12 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
     pin = device.type == "cuda"
 
     def config_json(best: dict[str, Any]) -> dict[str, Any]:
-        return ckpt.run_config(recorded, splits.input_shape, splits.num_classes, best)
+        return ckpt.run_config(recorded, splits.input_shape, splits.num_classes, best, splits.input_spec)
 
     start_epoch, best, history = 0, {"test_acc": -1.0, "epoch": -1}, []
     best_state: dict[str, torch.Tensor] = {}
     scaler_state = None
-    checkpoint = rundir.read_checkpoint_if_any(run_dir) if resume else None
+    checkpoint = rundir.read_checkpoint_if_any(run_dir, model, optimizer) if resume else None
     if checkpoint is not None:
         ckpt.load_state(model, checkpoint.model_state, os.path.join(run_dir, ckpt.CHECKPOINT_FILE))
         optimizer.load_state_dict(checkpoint.optimizer_state)
@@ -365,10 +374,9 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
     precision = Precision.from_config(config, train_model, device)
     if precision.scaler is not None and scaler_state:
         precision.scaler.load_state_dict(scaler_state)
-    peak_lr = max(lr_at(e, config.epochs, config.lr, config.warmup_epochs, config.lr_schedule)
-                  for e in range(config.epochs))
-    if peak_lr > 1.05 * config.lr:
-        log(f"note: on {config.epochs} epochs the reference learning-rate schedule peaks at {peak_lr:.4g}, above "
+    peak = peak_lr(config.epochs, config.lr, config.warmup_epochs, config.lr_schedule)
+    if peak > 1.05 * config.lr:
+        log(f"note: on {config.epochs} epochs the reference learning-rate schedule peaks at {peak:.4g}, above "
             f"--lr {config.lr:g}, as the reference code's does; --lr-schedule cosine does not overshoot")
     progress = config.progress and main
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",

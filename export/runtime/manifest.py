@@ -10,18 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from bnnkit import schema
-from bnnkit.artifacts import ArtifactError
+from bnnkit.artifacts import ArtifactError, files_table
 
 from .graph_format import check_graph
 from .layers import LAYER_INPUT_KINDS, LAYER_OUTPUT_KINDS
 
 FORMAT_KIND = "bnnkit-packed"
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (2,)
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (3,)
+_REEXPORT = ("re-export the model with this bnnkit (bnnkit export RUN_DIR --out DIR --overwrite, or "
+             "pack(model).save(DIR))")
 #: Versions this bnnkit knows but no longer reads, and what to do about them.
 RETIRED_VERSIONS = {1: "format 1 stored models outside the zoo as torch.export programs, which unpickle on "
-                       "load; re-export the model with this bnnkit (bnnkit export RUN_DIR --out DIR, or "
-                       "pack(model).save(DIR))"}
+                       f"load; {_REEXPORT}",
+                    2: f"format 2 did not record the size of each file, which readers now check first; {_REEXPORT}"}
 
 
 def _architecture(value: Any, where: str) -> dict[str, Any]:
@@ -41,7 +43,7 @@ _FIELDS = schema.record(
      "format_version": lambda v, w: schema.integer(v, w, FORMAT_VERSION, FORMAT_VERSION),
      "bnnkit_version": lambda v, w: schema.string(v, w, max_len=64),
      "tensor_file": schema.relative_path,
-     "files": schema.dict_of(schema.sha256, key=schema.relative_path),
+     "files": files_table,
      "tensors": lambda v, w: v,  # checked against the tensor file by read_artifact
      "architecture": schema.optional(_architecture),
      "input_shape": schema.optional(schema.input_shape),
@@ -72,5 +74,6 @@ def check_layers(manifest: dict[str, Any], built: dict[str, dict], directory: st
     """``layers`` must describe the packed layers the graph builds."""
     if manifest["layers"] != built:
         changed = sorted(k for k in set(built) | set(manifest["layers"]) if built.get(k) != manifest["layers"].get(k))
-        raise ArtifactError(f"manifest of {directory!r} describes layer(s) {', '.join(changed[:5])} differently from "
-                            "its graph: the manifest was modified")
+        names = ", ".join(map(schema.show, changed[:5]))
+        raise ArtifactError(f"manifest of {directory!r} describes layer(s) {names} differently from its graph: the "
+                            "manifest was modified")

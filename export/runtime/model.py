@@ -16,7 +16,9 @@ from torch import fx, nn
 
 from bnnkit.artifacts import read_artifact, staged_directory, write_artifact_files
 
-from .graph_format import build_graph_module, check_tensor_table, describe_graph_module
+from .graph_format import (CheckedGraph, build_graph_module, check_finite, check_graph_tensors, describe_graph_module,
+                           describe_packed_graph)
+from .interpreter import PackedGraph
 from .layers import PackedLayer
 from .manifest import (FORMAT_KIND, FORMAT_VERSION, RETIRED_VERSIONS, SUPPORTED_VERSIONS, check_layers,
                        check_manifest)
@@ -34,7 +36,9 @@ class PackedModel(nn.Module):
     left alone, so the full-precision layers round exactly as in the trained model).
 
     Attributes:
-        body: the packed graph, a ``torch.fx.GraphModule``.
+        body: the packed graph: a ``torch.fx.GraphModule`` after :func:`~bnnkit.export.pack`, a
+            :class:`~bnnkit.export.runtime.interpreter.PackedGraph` (the node list executed
+            step by step, no code generated) after :func:`load`.
         architecture: ``{"name", "kwargs"}`` of the zoo model it was packed from, or ``None``
             (provenance only: the artifact stores the graph itself).
         input_shape: one input's shape without the batch dim, or ``None``.
@@ -108,11 +112,20 @@ class PackedModel(nn.Module):
     def write_files(self, directory: str) -> dict[str, Any]:
         """Write the artifact's files into the existing (staging) ``directory``; every other file
         already there is listed in the manifest with its SHA-256 too. Returns the manifest."""
-        if not isinstance(self.body, fx.GraphModule):
-            raise ValueError(f"only a packed torch.fx graph can be saved, got {type(self.body).__name__}; "
+        from .graph_format import GraphFormatError
+
+        if isinstance(self.body, PackedGraph):
+            graph, attributes = describe_packed_graph(self.body)
+        elif isinstance(self.body, fx.GraphModule):
+            graph, attributes = describe_graph_module(self.body)
+        else:
+            raise ValueError(f"only a packed graph can be saved, got {type(self.body).__name__}; "
                              "make the model with bnnkit.export.pack()")
-        graph, attributes = describe_graph_module(self.body)
         tensors = {**self.body.state_dict(), **attributes}
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise GraphFormatError(f"tensor {name!r} holds NaN or infinite values, which a packed artifact "
+                                       "cannot hold (load refuses them)")
         manifest = {
             "architecture": self.architecture,
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
@@ -137,27 +150,42 @@ def _check_architecture(architecture: dict[str, Any] | None) -> dict[str, Any] |
 
 def read_manifest(directory: str | os.PathLike, *, load_tensors: bool = True):
     """``(checked manifest, tensors)`` of the packed artifact in ``directory``: every listed file
-    verified, every field checked, the tensor table compared with the tensor file's header and
-    with what the graph's modules hold (built on the meta device), all before a tensor is loaded."""
-    directory = os.fspath(directory)
-    return read_artifact(directory, kind=FORMAT_KIND, versions=SUPPORTED_VERSIONS, retired=RETIRED_VERSIONS,
-                         check_manifest=lambda m: check_manifest(m, directory),
-                         check_tensors=lambda m: check_tensor_table(m["graph"], m["tensors"],
-                                                                    f"manifest of {directory!r}"),
-                         load_tensors=load_tensors)
+    verified (size, then SHA-256), every field checked, the tensor table compared with the
+    tensor file's header and with what the graph's modules hold (built on the meta device),
+    and the graph run on the meta device for one input of ``input_shape`` (which bounds what
+    a forward pass allocates), all before a tensor is loaded."""
+    manifest, tensors, _ = _read(os.fspath(directory), load_tensors)
+    return manifest, tensors
+
+
+def _read(directory: str, load_tensors: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor], CheckedGraph]:
+    checked: list[CheckedGraph] = []
+    where = f"manifest of {directory!r}"
+    manifest, tensors = read_artifact(
+        directory, kind=FORMAT_KIND, versions=SUPPORTED_VERSIONS, retired=RETIRED_VERSIONS,
+        check_manifest=lambda m: check_manifest(m, directory),
+        check_tensors=lambda m: checked.append(check_graph_tensors(m["graph"], m["tensors"], where,
+                                                                   m["input_shape"])),
+        load_tensors=load_tensors)
+    return manifest, tensors, checked[0]
 
 
 def load(directory: str | os.PathLike) -> PackedModel:
     """Load a packed artifact written by :meth:`PackedModel.save` (CPU, float32, eval mode).
 
     Raises :class:`~bnnkit.artifacts.ArtifactError` naming what is wrong: a wrong kind or format
-    version, a file that is missing, unlisted where it is needed, or fails its checksum, a
-    malformed field, a module, function or value outside the format's lists, or a tensor that
-    is missing, extra or misshapen. Nothing from the artifact is executed or imported.
+    version, a file that is missing, not a regular file, unlisted where it is needed, or of
+    another size or checksum than listed, a malformed field, a module, function or value
+    outside the format's lists, a tensor that is missing, extra, misshapen or not finite, or a
+    graph that fails, or would allocate past the bound of :mod:`bnnkit.limits`, on one input
+    of its ``input_shape``. Nothing from the artifact is executed or imported: the graph is a
+    node list that :class:`~bnnkit.export.runtime.interpreter.PackedGraph` executes.
     """
     directory = os.fspath(directory)
-    manifest, tensors = read_manifest(directory)
-    body = build_graph_module(manifest["graph"], tensors, f"manifest of {directory!r}")
+    manifest, tensors, checked = _read(directory, True)
+    where = f"manifest of {directory!r}"
+    check_finite(tensors, where)
+    body = build_graph_module(manifest["graph"], checked, tensors, where)
     check_layers(manifest, {name: m.encoding() for name, m in body.named_modules() if isinstance(m, PackedLayer)},
                  directory)
     return PackedModel(body, architecture=manifest["architecture"], input_shape=manifest["input_shape"],

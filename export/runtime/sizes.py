@@ -16,7 +16,7 @@ MANIFEST_FILE = "manifest.json"
 def is_packed_artifact(directory: str) -> bool:
     """Whether ``directory`` holds a manifest claiming to be a packed artifact (not yet checked)."""
     path = os.path.join(directory, MANIFEST_FILE)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return False
     try:
         manifest = read_json(path, "manifest")

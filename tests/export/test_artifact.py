@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bnnkit import models
-from bnnkit.artifacts import ArtifactError, sha256_file
+from bnnkit.artifacts import ArtifactError, file_entry
 from bnnkit.backend import use_backend
 from bnnkit.cli import main
 from bnnkit.export import FORMAT_VERSION, PackError, load, pack
@@ -89,7 +89,7 @@ def test_missing_tensor_is_refused(tmp_path):
     del tensors["layer2.1.conv1.thresholds"]
     save_file(tensors, out / "model.safetensors")
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["files"]["model.safetensors"] = sha256_file(out / "model.safetensors")  # consistent checksum
+    manifest["files"]["model.safetensors"] = file_entry(str(out / "model.safetensors"))  # consistent checksum
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"listed but absent \['layer2.1.conv1.thresholds'\]"):
         load(out)
@@ -108,7 +108,7 @@ def test_edited_manifest_is_refused(tmp_path, edit):
         match = "says tensor 'linear.weight' is .*the manifest was modified"
     elif edit == "layer":
         manifest["layers"]["layer1.0.conv1"]["relu"] = False
-        match = "describes layer\\(s\\) layer1.0.conv1 differently"
+        match = "describes layer\\(s\\) 'layer1.0.conv1' differently"
     else:
         manifest["tensor_file"] = "../elsewhere.safetensors"
         match = "a relative path inside the directory"

@@ -117,7 +117,7 @@ def test_bad_inputs_are_one_line_errors_naming_them(digits_artifact, tmp_path, c
     assert "nan.npy: holds NaN or infinite values" in _one_line_error(
         capsys, ["predict", exp, str(tmp_path / "nan.npy")])
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    assert "objects.npy: not a .npy array of numbers" in _one_line_error(
+    assert "objects.npy: arrays of object are not raw inputs" in _one_line_error(
         capsys, ["predict", exp, str(tmp_path / "objects.npy")])
     (tmp_path / "notes.txt").write_text("hello")
     assert "notes.txt: not an image (.jpg" in _one_line_error(capsys, ["predict", exp, str(tmp_path / "notes.txt")])

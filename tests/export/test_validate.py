@@ -24,7 +24,7 @@ def copy_artifact(src, dst):
 def flip_packed_weight_bits(artifact, resign: bool):
     """Flip 8 sign bits in every output channel of the first packed weight; with ``resign``
     the manifest's sha256 is updated, so the artifact loads and only computes differently."""
-    from bnnkit.artifacts import read_json, sha256_file, write_json
+    from bnnkit.artifacts import file_entry, read_json, write_json
 
     tensors = load_file(str(artifact / "model.safetensors"))
     name = next(k for k, v in tensors.items() if v.dtype == torch.int32 and k.endswith("weight_bits"))
@@ -32,7 +32,7 @@ def flip_packed_weight_bits(artifact, resign: bool):
     save_file(tensors, str(artifact / "model.safetensors"))
     if resign:
         manifest = read_json(str(artifact / "manifest.json"))
-        manifest["files"]["model.safetensors"] = sha256_file(str(artifact / "model.safetensors"))
+        manifest["files"]["model.safetensors"] = file_entry(str(artifact / "model.safetensors"))
         write_json(str(artifact / "manifest.json"), manifest)
 
 
@@ -59,7 +59,7 @@ def test_validate_agrees_and_writes_json(digits_artifact, tmp_path, capsys):
 
 @pytest.mark.parametrize("resign", [False, True], ids=["checksum", "resigned"])
 def test_flipped_weight_bits_are_detected(digits_artifact, tmp_path, capsys, resign):
-    from bnnkit.artifacts import read_json, sha256_file, write_json
+    from bnnkit.artifacts import file_entry, read_json, write_json
 
     artifact = copy_artifact(digits_artifact, tmp_path / "a")
     graph = onnx.load(str(artifact / "model.onnx"))
@@ -69,12 +69,12 @@ def test_flipped_weight_bits_are_detected(digits_artifact, tmp_path, capsys, res
     target.CopyFrom(numpy_helper.from_array(bits, target.name))
     onnx.save(graph, str(artifact / "model.onnx"))
     json_path = tmp_path / "report.json"
-    if not resign:  # the export's manifest lists model.onnx with its SHA-256
-        assert main(["validate", str(artifact), "--samples", "64", "--json", str(json_path)]) == 1
+    if not resign:  # the export's manifest lists model.onnx with its SHA-256: the whole export is refused
+        assert main(["validate", str(artifact), "--samples", "64", "--json", str(json_path)]) == 2
         assert "checksum mismatch for 'model.onnx'" in capsys.readouterr().err
         return
     manifest = read_json(str(artifact / "manifest.json"))
-    manifest["files"]["model.onnx"] = sha256_file(str(artifact / "model.onnx"))
+    manifest["files"]["model.onnx"] = file_entry(str(artifact / "model.onnx"))
     write_json(str(artifact / "manifest.json"), manifest)
     assert main(["validate", str(artifact), "--samples", "64", "--json", str(json_path)]) == 1
     err = capsys.readouterr().err
@@ -89,20 +89,28 @@ def test_flipped_weight_bits_are_detected(digits_artifact, tmp_path, capsys, res
 def test_flipped_packed_weight_bits_are_detected(digits_artifact, tmp_path, capsys, resign):
     artifact = copy_artifact(digits_artifact, tmp_path / "a")
     flip_packed_weight_bits(artifact, resign)
-    assert main(["validate", str(artifact), "--samples", "64", "--runtime", "packed"]) == 1
+    code = main(["validate", str(artifact), "--samples", "64", "--runtime", "packed"])
     err = capsys.readouterr().err
     if resign:  # loads, computes differently
-        assert "packed disagrees with trained: first disagreeing sample" in err
-    else:  # the manifest's checksum catches it before anything runs
-        assert "packed failed:" in err and "checksum mismatch" in err
+        assert code == 1 and "packed disagrees with trained: first disagreeing sample" in err
+    else:  # the manifest's checksum catches it before anything runs, for every runtime
+        assert code == 2 and "checksum mismatch for 'model.safetensors'" in err and len(err.splitlines()) == 1
 
 
 def test_unreadable_onnx_file_fails(digits_artifact, tmp_path, capsys):
+    from bnnkit.artifacts import file_entry, read_json, write_json
+
     artifact = copy_artifact(digits_artifact, tmp_path / "a")
     data = (artifact / "model.onnx").read_bytes()
     (artifact / "model.onnx").write_bytes(data[: len(data) // 2])
-    assert main(["validate", str(artifact), "--samples", "8"]) == 1
-    assert "onnxruntime-cpu failed:" in capsys.readouterr().err
+    assert main(["validate", str(artifact), "--samples", "8"]) == 2  # not what the manifest lists: all refused
+    assert "file 'model.onnx' is" in capsys.readouterr().err
+    manifest = read_json(str(artifact / "manifest.json"))
+    manifest["files"]["model.onnx"] = file_entry(str(artifact / "model.onnx"))  # listed as it is now
+    write_json(str(artifact / "manifest.json"), manifest)
+    assert main(["validate", str(artifact), "--samples", "8"]) == 1  # then only its runtime fails, in one line
+    err = capsys.readouterr().err
+    assert "onnxruntime-cpu failed:" in err and "is not a readable ONNX model" in err and "Traceback" not in err
 
 
 def test_named_runtime_that_is_unavailable_fails(digits_artifact, tmp_path, capsys):
