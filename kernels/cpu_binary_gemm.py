@@ -1,0 +1,91 @@
+"""Binary GEMM / GEMV on the CPU with the native XOR + popcount kernels (numba).
+
+``cpu_binary_gemm`` takes the arguments of :func:`~bnnkit.kernels.binary_gemm.binary_gemm_reference`
+and returns the same result, bit for bit (float outputs included: the epilogue repeats the
+reference's float32 operations in order). W1A1 runs natively:
+
+- ``x``: ``(..., K)`` float32 / float16 / bfloat16, binarized while its rows are packed
+  (``x >= 0`` -> 1), or ``(..., ceil(K/32))`` int32 packed bits (bits past K ignored);
+- ``weight``: ``(N, ceil(K/32))`` int32 packed; its uint64 forms (:func:`prepare_linear_weight`)
+  are derived once per weight tensor and reused (:mod:`bnnkit.kernels.cpu_prepared`).
+
+``mismatches = sum_k popcount(a ^ w)`` over uint64 words, ``acc = K - 2 * mismatches``; blocks
+of 16 rows against every output channel of a task (four rows sharing each weight word, or,
+for short rows and few rows, each activation word against a vector of output channels);
+rows, or output channels when there are few rows, split over ``torch.get_num_threads()``
+threads. The W1A16 route (``real_input``) and int8 operands run the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import cpu_kernels as nk
+from .binary_gemm import _check_call, binary_gemm_reference
+from .cpu_operands import allocate_output, as_float32, finish_output, stage_addresses
+from .cpu_prepared import PREPARED
+from .cpu_threads import plan, run_tasks
+from .epilogue import Epilogue, KernelStage, SignThreshold, output_shape
+from .kinds import InputKind, OutputKind
+
+
+def words64(k: int) -> int:
+    """uint64 words of a row of ``k`` bits."""
+    return (k + 63) // 64
+
+
+def prepare_linear_weight(weight: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, ceil(K/32))`` int32 packed rows -> ``(rows, rows_t)``: ``(N, ceil(K/64))`` uint64
+    (bits past K zero) and its ``(ceil(K/64), N)`` transpose."""
+    words = weight.detach().contiguous()
+    rows = np.zeros((words.shape[0], words64(k)), dtype=np.uint64)
+    nk.linear_weight_rows(words.data_ptr(), words.shape[0], k, rows)
+    return rows, np.ascontiguousarray(rows.T)
+
+
+def cpu_binary_gemm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    k: int,
+    *,
+    real_input: bool = False,
+    out_kind: OutputKind | str = OutputKind.FLOAT,
+    epilogue: Epilogue | None = None,
+    threshold: SignThreshold | None = None,
+    stage: KernelStage | None = None,
+    residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``epilogue(x @ sign(W)^T)`` with the native kernels; the arguments and result of
+    :func:`~bnnkit.kernels.binary_gemm.binary_gemm_reference` (``out``: an optional contiguous
+    output buffer). CPU tensors only."""
+    in_kind, kind, stage = _check_call(x, weight, k, real_input, out_kind, epilogue, threshold, stage, residual,
+                                       out_dtype)
+    if x.device.type != "cpu":
+        raise ValueError(f"the native CPU kernels take CPU tensors, got x on {x.device}")
+    if in_kind not in (InputKind.PACKED, InputKind.BINARIZE) or weight.dtype != torch.int32:
+        want = binary_gemm_reference(x, weight, k, real_input=real_input, out_kind=kind, stage=stage,
+                                     residual=residual, out_dtype=out_dtype)
+        return want if out is None else out.copy_(want)
+    n = weight.shape[0]
+    result, written = allocate_output(kind, output_shape(tuple(x.shape[:-1]), n, kind), out_dtype, out)
+    m = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if m == 0 or n == 0:
+        return result
+    rows, rows_t = PREPARED.get(weight, ("linear", k), lambda w: prepare_linear_weight(w, k))
+    packed = in_kind == InputKind.PACKED
+    a = x.reshape(m, x.shape[-1]) if packed else as_float32(x).reshape(m, k)
+    if a.stride(-1) != 1 and packed:
+        a = a.contiguous()
+    res = None if residual is None else as_float32(residual).reshape(m, n)
+    params, thresholds = stage_addresses(stage)
+    common = (a.data_ptr(), packed, a.stride(0), a.stride(1), k, rows, rows_t, kind.code, params, thresholds,
+              stage.relu, 0 if res is None else res.data_ptr(), 0 if res is None else res.stride(0),
+              0 if res is None else res.stride(1), written.data_ptr())
+    run_tasks(nk.linear_task, [(*common, *task) for task in plan(m, n, words64(k))])
+    return finish_output(result, written)
+
+
+__all__ = ["cpu_binary_gemm", "prepare_linear_weight"]
