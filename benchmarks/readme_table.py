@@ -62,7 +62,10 @@ def device_section(doc: dict) -> str:
     first = rows[0]
     dates = sorted({r["date"][:10] for r in rows})
     commits = sorted({r["commit"][:10] for r in rows})
-    versions = ", ".join(f"{lib} {first[lib]}" for lib in ("torch", "triton", "onnxruntime", "cuda") if first.get(lib))
+    versions = ", ".join(f"{lib} {first[lib]}" for lib in ("torch", "triton", "onnxruntime", "cuda", "numba")
+                         if first.get(lib))
+    if first.get("cpu_isa"):
+        versions += f"; ISA flags: {first['cpu_isa']}"
     threads = f", {first['cpu_threads']} threads" if first.get("cpu_threads") else ""
     if first["device_type"] == "cpu" and first.get("load_avg") is not None:
         threads += f", load average {first['load_avg']:g} at the start"

@@ -94,7 +94,10 @@ def use_triton(device: torch.device | torch.Tensor) -> bool:
     """
     if isinstance(device, torch.Tensor):
         device = device.device
-    backend = get_backend()
+    return _use_triton(get_backend(), device)
+
+
+def _use_triton(backend: str, device: torch.device) -> bool:
     if backend in ("torch", "cpu"):
         return False
     if backend == "auto":
@@ -135,6 +138,22 @@ def _warn_reference_fallback(problem: str) -> None:
                   stacklevel=4)
 
 
+def packed_route(device: torch.device | torch.Tensor) -> str:
+    """Which implementation a packed op on ``device`` runs: ``"triton"``, ``"cpu"`` (the native
+    CPU kernels) or ``"torch"`` (the reference); one read of the backend, the rules of
+    :func:`use_triton` and :func:`use_native_cpu` (raising where they raise)."""
+    if isinstance(device, torch.Tensor):
+        device = device.device
+    backend = get_backend()
+    if backend == "torch":
+        return "torch"
+    if backend == "triton":
+        return "triton" if _use_triton(backend, device) else "torch"
+    if backend == "auto" and device.type != "cpu":
+        return "triton" if _use_triton(backend, device) else "torch"
+    return "cpu" if _use_native_cpu(backend, device) else "torch"
+
+
 def use_native_cpu(device: torch.device | torch.Tensor) -> bool:
     """Whether a packed op on ``device`` (or a tensor's device) runs the native CPU kernels.
 
@@ -143,7 +162,10 @@ def use_native_cpu(device: torch.device | torch.Tensor) -> bool:
     """
     if isinstance(device, torch.Tensor):
         device = device.device
-    backend = get_backend()
+    return _use_native_cpu(get_backend(), device)
+
+
+def _use_native_cpu(backend: str, device: torch.device) -> bool:
     if backend in ("torch", "triton"):
         return False
     if backend == "auto":

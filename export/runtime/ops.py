@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from bnnkit.backend import use_native_cpu, use_triton
+from bnnkit.backend import packed_route
 from bnnkit.kernels.binary_conv import binary_conv2d, binary_conv2d_reference
 from bnnkit.kernels.binary_gemm import binary_gemm, binary_gemm_reference
 from bnnkit.kernels.bitpack import num_words
@@ -66,23 +66,21 @@ def _out_dtype(out_kind: str, out_dtype: torch.dtype) -> torch.dtype:
 
 
 def _conv_kernel(x: torch.Tensor):
-    if use_triton(x):
-        return binary_conv2d
-    if use_native_cpu(x):
+    route = packed_route(x)
+    if route == "cpu":
         from bnnkit.kernels.cpu_binary_conv import cpu_binary_conv2d
 
         return cpu_binary_conv2d
-    return binary_conv2d_reference
+    return binary_conv2d if route == "triton" else binary_conv2d_reference
 
 
 def _linear_kernel(x: torch.Tensor):
-    if use_triton(x):
-        return binary_gemm
-    if use_native_cpu(x):
+    route = packed_route(x)
+    if route == "cpu":
         from bnnkit.kernels.cpu_binary_gemm import cpu_binary_gemm
 
         return cpu_binary_gemm
-    return binary_gemm_reference
+    return binary_gemm if route == "triton" else binary_gemm_reference
 
 
 def eager_call(x: torch.Tensor) -> bool:
