@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -226,6 +226,7 @@ def finish_block(acc, nrows, b0, n0, n1, channels, out_kind, params_addr, thr_ad
             for n in range(nb):
                 out[base + n0 + n] = acc[r, n]
         return
+    zero = np.float32(0.0)
     if thr_addr != 0:
         thr = i32_at(thr_addr)
         for r in range(nrows):  # y holds 1.0 / -1.0: the sign
@@ -234,49 +235,56 @@ def finish_block(acc, nrows, b0, n0, n1, channels, out_kind, params_addr, thr_ad
                 y[r, n] = np.float32(1.0) if thr[n0 + n] <= a and a <= thr[channels + n0 + n] else np.float32(-1.0)
     else:
         p = f32_at(params_addr)
+        res = f32_at(res_addr)
+        rows_contiguous_res = res_addr != 0 and res_cstride == 1
         for r in range(nrows):
-            for n in range(nb):
-                y[r, n] = np.float32(acc[r, n]) * p[n0 + n] + p[channels + n0 + n]
-        if relu:
-            for r in range(nrows):
+            # float outputs are computed in place in the output row; signs in the scratch tile
+            target = carray(f32_at(out_addr + 4 * ((b0 + r) * channels + n0)), nb) if out_kind == OUT_FLOAT \
+                else y[r]
+            a = acc[r]
+            if rows_contiguous_res:  # one fused loop per case: a conditional load would stop vectorization
+                off = res_off[r] + n0
                 for n in range(nb):
-                    if y[r, n] < np.float32(0.0):
-                        y[r, n] = np.float32(0.0)
-        for r in range(nrows):
+                    v = np.float32(a[n]) * p[n0 + n] + p[channels + n0 + n]
+                    if relu and v < zero:
+                        v = zero
+                    target[n] = (v * p[2 * channels + n0 + n] + p[3 * channels + n0 + n]) + res[off + n]
+            else:
+                for n in range(nb):
+                    v = np.float32(a[n]) * p[n0 + n] + p[channels + n0 + n]
+                    if relu and v < zero:
+                        v = zero
+                    target[n] = v * p[2 * channels + n0 + n] + p[3 * channels + n0 + n]
+        if res_addr != 0 and res_cstride != 1:
+            # channel planes (NCHW memory): each plane's run of pixels, not a gather across planes
+            out = f32_at(out_addr)
             for n in range(nb):
-                y[r, n] = y[r, n] * p[2 * channels + n0 + n] + p[3 * channels + n0 + n]
-        if res_addr != 0:
-            res = f32_at(res_addr)
-            for r in range(nrows):
-                off = res_off[r] + n0 * res_cstride
-                if res_cstride == 1:
-                    for n in range(nb):
-                        y[r, n] = y[r, n] + res[off + n]
-                else:
-                    for n in range(nb):
-                        y[r, n] = y[r, n] + res[off + n * res_cstride]
-    if out_kind == OUT_FLOAT:
-        out = f32_at(out_addr)
-        for r in range(nrows):
-            base = (b0 + r) * channels + n0
-            for n in range(nb):
-                out[base + n] = y[r, n]
-    elif out_kind == OUT_SIGN_INT8:
+                off = (n0 + n) * res_cstride
+                for r in range(nrows):
+                    if out_kind == OUT_FLOAT:
+                        at = (b0 + r) * channels + n0 + n
+                        out[at] = out[at] + res[res_off[r] + off]
+                    else:
+                        y[r, n] = y[r, n] + res[res_off[r] + off]
+        if out_kind == OUT_FLOAT:
+            return
+    if out_kind == OUT_FLOAT:  # thresholds never give floats (checked before the call)
+        return
+    if out_kind == OUT_SIGN_INT8:
         out8 = i8_at(out_addr)
         for r in range(nrows):
             base = (b0 + r) * channels + n0
             for n in range(nb):
-                out8[base + n] = 1 if y[r, n] >= np.float32(0.0) else -1
+                out8[base + n] = 1 if y[r, n] >= zero else -1
     else:
         words = u32_at(out_addr)
         width = (channels + 31) >> 5
         for r in range(nrows):
             for j in range(n0 >> 5, (n1 + 31) >> 5):
                 v = np.uint32(0)
-                count = min(32, n1 - 32 * j)
-                for b in range(count):
-                    if y[r, 32 * j + b - n0] >= np.float32(0.0):
-                        v |= np.uint32(1) << np.uint32(b)
+                first = 32 * j - n0
+                for b in range(min(32, n1 - 32 * j)):
+                    v |= np.uint32(y[r, first + b] >= zero) << np.uint32(b)
                 words[(b0 + r) * width + j] = v
 
 
@@ -345,36 +353,48 @@ def binarize_bits(x, off, stride, count, dst, r):
 @njit(**_JIT)
 def pack_signs_task(x_addr, n_img, h, w, c, s_n, s_h, s_w, s_c, out_addr, r0, r1):
     """Binarize and pack a strided float32 ``(N, H, W, C)`` view (element strides ``s_*``) along
-    C into contiguous ``(N*H*W, ceil(C/32))`` uint32 words, pixel rows ``r0..r1``."""
+    C into contiguous ``(N*H*W, ceil(C/32))`` uint32 words, pixel rows ``r0..r1``.
+
+    Channels contiguous (NHWC memory): each pixel's channels in turn. Otherwise (a permuted
+    NCHW tensor) a run of pixels of one image row at a time, channel plane by channel plane:
+    contiguous reads, not a gather across planes whose same-offset addresses evict each other.
+    """
     x = f32_at(x_addr)
     out = u32_at(out_addr)
     words = (c + 31) >> 5
-    img = r0 // (h * w)
-    rest = r0 - img * (h * w)
-    hh = rest // w
-    ww = rest - hh * w
-    for r in range(r0, r1):
-        off = img * s_n + hh * s_h + ww * s_w
-        for j in range(words):
-            v = np.uint32(0)
-            c0 = 32 * j
-            count = min(32, c - c0)
-            if s_c == 1 and count == 32:
-                for b in range(32):
-                    if x[off + c0 + b] >= np.float32(0.0):
-                        v |= np.uint32(1) << np.uint32(b)
-            else:
-                for b in range(count):
-                    if x[off + (c0 + b) * s_c] >= np.float32(0.0):
-                        v |= np.uint32(1) << np.uint32(b)
-            out[r * words + j] = v
-        ww += 1
-        if ww == w:
-            ww = 0
-            hh += 1
-            if hh == h:
-                hh = 0
-                img += 1
+    if s_c == 1:
+        for r in range(r0, r1):
+            img = r // (h * w)
+            rest = r - img * (h * w)
+            hh = rest // w
+            off = img * s_n + hh * s_h + (rest - hh * w) * s_w
+            for j in range(words):
+                v = np.uint32(0)
+                c0 = 32 * j
+                for b in range(min(32, c - c0)):
+                    v |= np.uint32(x[off + c0 + b] >= np.float32(0.0)) << np.uint32(b)
+                out[r * words + j] = v
+        return
+    run = np.empty((words, w), dtype=np.uint32)
+    r = r0
+    while r < r1:  # runs of pixels within one image row
+        img = r // (h * w)
+        rest = r - img * (h * w)
+        hh = rest // w
+        w0 = rest - hh * w
+        count = min(w - w0, r1 - r)
+        run[:, :count] = 0
+        base = img * s_n + hh * s_h + w0 * s_w
+        for ch in range(c):
+            bit = np.uint32(1) << np.uint32(ch & 31)
+            row = run[ch >> 5]
+            plane = base + ch * s_c
+            for p in range(count):
+                row[p] |= np.uint32(x[plane + p * s_w] >= np.float32(0.0)) * bit
+        for p in range(count):
+            for j in range(words):
+                out[(r + p) * words + j] = run[j, p]
+        r += count
 
 
 @njit(**_JIT)
