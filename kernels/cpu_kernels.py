@@ -383,7 +383,9 @@ def pack_signs_task(x_addr, n_img, h, w, c, s_n, s_h, s_w, s_c, out_addr, r0, r1
         hh = rest // w
         w0 = rest - hh * w
         count = min(w - w0, r1 - r)
-        run[:, :count] = 0
+        for j in range(words):
+            for p in range(count):
+                run[j, p] = 0
         base = img * s_n + hh * s_h + w0 * s_w
         for ch in range(c):
             bit = np.uint32(1) << np.uint32(ch & 31)
@@ -420,7 +422,9 @@ def linear_task(x_addr, x_packed, x_rstride, x_cstride, k, weight, weight_t, out
     xf = f32_at(x_addr)
     for b0 in range(m0, m1, BLOCK_ROWS):
         nrows = min(BLOCK_ROWS, m1 - b0)
-        rows[:nrows] = 0
+        for r in range(nrows):
+            for word in range(k64):
+                rows[r, word] = 0
         for r in range(nrows):
             if x_packed:
                 copy_bits(xw, (b0 + r) * x_rstride, k, rows, r, 0, rows32)
@@ -503,7 +507,8 @@ def conv_direct_task(x_addr, n_img, h_in, w_in, c, oh_n, ow_n, kh_n, kw_n, strid
         oh = rest // ow_n
         ow0 = rest - oh * ow_n
         nrows = min(SEGMENT_PIXELS, m1 - b0, ow_n - ow0)
-        counts[:nrows * row_bytes] = 0
+        for i in range(nrows * row_bytes):  # a plain loop (a memset); slice assignment costs 10x
+            counts[i] = 0
         kh_lo = max(0, pad - oh * stride)
         kh_hi = max(kh_lo, min(kh_n, h_in + pad - oh * stride))
         for kh in range(kh_lo, kh_hi):
@@ -531,16 +536,21 @@ def conv_direct_task(x_addr, n_img, h_in, w_in, c, oh_n, ow_n, kh_n, kw_n, strid
         for r in range(nrows):
             ow = ow0 + r
             valid_w = max(0, min(kw_n, w_in + pad - ow * stride) - max(0, pad - ow * stride))
-            valid_bits = (kh_hi - kh_lo) * valid_w * c
+            valid_bits = np.int32((kh_hi - kh_lo) * valid_w * c)
             row = counts_addr + r * row_bytes
-            for n in range(nb):
-                if lane_bytes == 2:
-                    m = np.int64(u16_at(row)[n])
-                elif lane_bytes == 4:
-                    m = np.int64(u32_at(row)[n])
-                else:
-                    m = np.int64(u64_at(row)[n])
-                acc[r, n] = valid_bits - 2 * m
+            a = acc[r]
+            if lane_bytes == 2:  # one loop per lane width: a branch inside would stop vectorization
+                counts16 = u16_at(row)
+                for n in range(nb):
+                    a[n] = valid_bits - np.int32(2) * np.int32(counts16[n])
+            elif lane_bytes == 4:
+                counts32 = u32_at(row)
+                for n in range(nb):
+                    a[n] = valid_bits - np.int32(2) * np.int32(counts32[n])
+            else:
+                counts64 = u64_at(row)
+                for n in range(nb):
+                    a[n] = valid_bits - np.int32(2) * np.int32(counts64[n])
             res_off[r] = img * rs_n + oh * rs_h + ow * rs_w
         finish_block(acc, nrows, b0, n0, n1, channels, out_kind, params_addr, thr_addr, relu, res_addr, res_off,
                      rs_c, out_addr, y)
@@ -621,7 +631,9 @@ def conv_task(x_addr, x_aligned64, n_img, h_in, w_in, c, oh_n, ow_n, kh_n, kw_n,
     ow = rest - oh * ow_n
     for b0 in range(m0, m1, BLOCK_ROWS):
         nrows = min(BLOCK_ROWS, m1 - b0)
-        rows[:nrows] = 0
+        for r in range(nrows):
+            for word in range(k64):
+                rows[r, word] = 0
         for r in range(nrows):
             top = oh * stride - pad
             left = ow * stride - pad
