@@ -76,7 +76,9 @@ def cpu_binary_gemm(
         return result
     rows, rows_t = PREPARED.get(weight, ("linear", k), lambda w: prepare_linear_weight(w, k))
     packed = in_kind == InputKind.PACKED
-    a = x.reshape(m, x.shape[-1]) if packed else as_float32(x).reshape(m, k)
+    a = x if packed else as_float32(x)
+    if a.dim() != 2:
+        a = a.reshape(m, a.shape[-1])
     if a.stride(-1) != 1 and packed:
         a = a.contiguous()
     res = None if residual is None else as_float32(residual).reshape(m, n)

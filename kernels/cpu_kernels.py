@@ -105,6 +105,32 @@ def popcount(typingctx, x):
     return x(x), codegen
 
 
+def _sign_bits(width: int):
+    """An intrinsic ``f(address) -> uintN``: bit ``i`` is ``x[i] >= 0`` for the ``width`` float32
+    values at ``address`` (NaN gives 0, -0.0 gives 1): one vector compare and its mask
+    (``vcmpps`` + mask extraction on x86, the same on NEON), not ``width`` compares."""
+    result = {16: types.uint16, 32: types.uint32}[width]
+
+    @intrinsic
+    def sign_bits(typingctx, address):
+        if not isinstance(address, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            vector = ir.VectorType(ir.FloatType(), width)
+            values = builder.load(builder.inttoptr(args[0], vector.as_pointer()), align=4)
+            mask = builder.fcmp_ordered(">=", values, ir.Constant(vector, [0.0] * width))
+            return builder.bitcast(mask, ir.IntType(width))
+
+        return result(address), codegen
+
+    return sign_bits
+
+
+sign_bits16 = _sign_bits(16)
+sign_bits32 = _sign_bits(32)
+
+
 VECTOR_BYTES = 32
 """Width of the explicit vectors of :func:`xor_popcount_add16` and friends (256 bits: one AVX2
 register; LLVM splits them for SSE / NEON and uses ``vpopcntw/d/q`` with AVX-512 BITALG /
@@ -320,17 +346,16 @@ def copy_bits(src, src_off, count, dst, r, bit0, dst32):
 
 
 @njit(**_JIT)
-def binarize_bits(x, off, stride, count, dst, r):
-    """Bits ``x[off + i * stride] >= 0`` for ``i < count`` into the zeroed row ``dst[r]`` (``x`` a float32 pointer)."""
+def binarize_bits(x_addr, off, stride, count, dst, r):
+    """Bits ``x[off + i * stride] >= 0`` for ``i < count`` into the zeroed row ``dst[r]`` (float32
+    values at ``x_addr``)."""
+    x = f32_at(x_addr)
     full = count >> 6
     if stride == 1:
+        address = x_addr + 4 * off
         for j in range(full):
-            v = np.uint64(0)
-            base = off + 64 * j
-            for b in range(64):
-                if x[base + b] >= np.float32(0.0):
-                    v |= np.uint64(1) << np.uint64(b)
-            dst[r, j] = v
+            dst[r, j] = np.uint64(sign_bits32(address + 256 * j)) | (
+                np.uint64(sign_bits32(address + 256 * j + 128)) << np.uint64(32))
     else:
         for j in range(full):
             v = np.uint64(0)
@@ -363,17 +388,31 @@ def pack_signs_task(x_addr, n_img, h, w, c, s_n, s_h, s_w, s_c, out_addr, r0, r1
     out = u32_at(out_addr)
     words = (c + 31) >> 5
     if s_c == 1:
+        img = r0 // (h * w)  # pixel coordinates counted along, not divided out per pixel
+        rest = r0 - img * (h * w)
+        hh = rest // w
+        ww = rest - hh * w
         for r in range(r0, r1):
-            img = r // (h * w)
-            rest = r - img * (h * w)
-            hh = rest // w
-            off = img * s_n + hh * s_h + (rest - hh * w) * s_w
+            off = img * s_n + hh * s_h + ww * s_w
+            ww += 1
+            if ww == w:
+                ww = 0
+                hh += 1
+                if hh == h:
+                    hh = 0
+                    img += 1
             for j in range(words):
-                v = np.uint32(0)
                 c0 = 32 * j
-                for b in range(min(32, c - c0)):
-                    v |= np.uint32(x[off + c0 + b] >= np.float32(0.0)) << np.uint32(b)
-                out[r * words + j] = v
+                count = min(32, c - c0)
+                if count == 32:
+                    out[r * words + j] = sign_bits32(x_addr + 4 * (off + c0))
+                elif count == 16:
+                    out[r * words + j] = np.uint32(sign_bits16(x_addr + 4 * (off + c0)))
+                else:
+                    v = np.uint32(0)
+                    for b in range(count):
+                        v |= np.uint32(x[off + c0 + b] >= np.float32(0.0)) << np.uint32(b)
+                    out[r * words + j] = v
         return
     run = np.empty((words, w), dtype=np.uint32)
     r = r0
@@ -419,7 +458,6 @@ def linear_task(x_addr, x_packed, x_rstride, x_cstride, k, weight, weight_t, out
     y = np.empty((BLOCK_ROWS, nb), dtype=np.float32)
     res_off = np.empty(BLOCK_ROWS, dtype=np.int64)
     xw = u32_at(x_addr)
-    xf = f32_at(x_addr)
     for b0 in range(m0, m1, BLOCK_ROWS):
         nrows = min(BLOCK_ROWS, m1 - b0)
         for r in range(nrows):
@@ -429,7 +467,7 @@ def linear_task(x_addr, x_packed, x_rstride, x_cstride, k, weight, weight_t, out
             if x_packed:
                 copy_bits(xw, (b0 + r) * x_rstride, k, rows, r, 0, rows32)
             else:
-                binarize_bits(xf, (b0 + r) * x_rstride, x_cstride, k, rows, r)
+                binarize_bits(x_addr, (b0 + r) * x_rstride, x_cstride, k, rows, r)
             res_off[r] = (b0 + r) * res_rstride
         mismatches(rows, nrows, weight, weight_t, n0, n1, mism)
         for r in range(nrows):
@@ -451,9 +489,17 @@ def _add_tap(bits: int):
     vector_lanes = VECTOR_BYTES // lane_bytes
     two_words = bits == 64
 
-    @njit(**_INLINE)
+    @njit(**_JIT)
     def add_tap(acc_addr, acc_row_bytes, w_addr, co, xw, src, src_step, mask, count):
         full = co - co % vector_lanes
+        if full == vector_lanes and full == co:  # one vector of output channels (16 at 16 bits):
+            for p in range(count):  # no loop over vectors, which LLVM would vectorize once more
+                at = src + p * src_step
+                a = np.uint64(xw[at])
+                if two_words:
+                    a |= np.uint64(xw[at + 1]) << np.uint64(32)
+                vector_add(acc_addr + p * acc_row_bytes, w_addr, a & mask)
+            return
         for p in range(count):
             at = src + p * src_step
             a = np.uint64(xw[at])
@@ -461,8 +507,10 @@ def _add_tap(bits: int):
                 a |= np.uint64(xw[at + 1]) << np.uint64(32)
             a &= mask
             row = acc_addr + p * acc_row_bytes
-            for n in range(0, full, vector_lanes):
+            n = 0
+            while n < full:
                 vector_add(row + lane_bytes * n, w_addr + lane_bytes * n, a)
+                n += vector_lanes
             if full < co:
                 acc = lane_at(row)
                 w = lane_at(w_addr)
@@ -533,24 +581,29 @@ def conv_direct_task(x_addr, n_img, h_in, w_in, c, oh_n, ow_n, kh_n, kw_n, strid
                     add_tap32(acc_at, row_bytes, w_at, nb, xw, src, stride * words, mask, p_hi - p_lo)
                 else:
                     add_tap64(acc_at, row_bytes, w_at, nb, xw, src, stride * words, mask, p_hi - p_lo)
+        # acc = valid bits - 2 * mismatches: one flat loop over the segment (one per lane width:
+        # a branch inside would stop vectorization), then the pixels with padding taps
+        full_bits = np.int32((kh_hi - kh_lo) * kw_n * c)
+        flat = i32_at(acc.ctypes.data)
+        if lane_bytes == 2:
+            counts16 = u16_at(counts_addr)
+            for i in range(nrows * nb):
+                flat[i] = full_bits - np.int32(2) * np.int32(counts16[i])
+        elif lane_bytes == 4:
+            counts32 = u32_at(counts_addr)
+            for i in range(nrows * nb):
+                flat[i] = full_bits - np.int32(2) * np.int32(counts32[i])
+        else:
+            counts64 = u64_at(counts_addr)
+            for i in range(nrows * nb):
+                flat[i] = full_bits - np.int32(2) * np.int32(counts64[i])
         for r in range(nrows):
             ow = ow0 + r
             valid_w = max(0, min(kw_n, w_in + pad - ow * stride) - max(0, pad - ow * stride))
-            valid_bits = np.int32((kh_hi - kh_lo) * valid_w * c)
-            row = counts_addr + r * row_bytes
-            a = acc[r]
-            if lane_bytes == 2:  # one loop per lane width: a branch inside would stop vectorization
-                counts16 = u16_at(row)
+            if valid_w < kw_n:
+                missing = np.int32((kh_hi - kh_lo) * (kw_n - valid_w) * c)
                 for n in range(nb):
-                    a[n] = valid_bits - np.int32(2) * np.int32(counts16[n])
-            elif lane_bytes == 4:
-                counts32 = u32_at(row)
-                for n in range(nb):
-                    a[n] = valid_bits - np.int32(2) * np.int32(counts32[n])
-            else:
-                counts64 = u64_at(row)
-                for n in range(nb):
-                    a[n] = valid_bits - np.int32(2) * np.int32(counts64[n])
+                    flat[r * nb + n] -= missing
             res_off[r] = img * rs_n + oh * rs_h + ow * rs_w
         finish_block(acc, nrows, b0, n0, n1, channels, out_kind, params_addr, thr_addr, relu, res_addr, res_off,
                      rs_c, out_addr, y)

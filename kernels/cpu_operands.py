@@ -14,6 +14,8 @@ from .epilogue import KernelStage, output_dtype
 from .kinds import OutputKind
 from .launch import prepare_out
 
+_CPU = torch.device("cpu")
+
 
 def stage_addresses(stage: KernelStage) -> tuple[int, int]:
     """``(params address, thresholds address)`` of a checked stage; 0 for the unused one."""
@@ -37,8 +39,9 @@ def allocate_output(kind: OutputKind, shape: tuple[int, ...], out_dtype: torch.d
     """``(result, written)``: the tensor the call returns (``out`` when given, checked) and the
     contiguous buffer the kernel writes, the same one except for fp16 / bf16 float outputs,
     which are written in float32 and rounded by :func:`finish_output` (as the reference does)."""
-    result = prepare_out(out, shape, output_dtype(kind, out_dtype, False), torch.device("cpu"))
-    if kind == OutputKind.FLOAT and result.dtype != torch.float32:
+    dtype = output_dtype(kind, out_dtype, False)
+    result = torch.empty(shape, dtype=dtype) if out is None else prepare_out(out, shape, dtype, _CPU)
+    if result.dtype != torch.float32 and kind == OutputKind.FLOAT:
         return result, torch.empty(shape, dtype=torch.float32)
     return result, result
 

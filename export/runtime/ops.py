@@ -65,21 +65,29 @@ def _out_dtype(out_kind: str, out_dtype: torch.dtype) -> torch.dtype:
     return {OutputKind.FLOAT: out_dtype, OutputKind.PACKED: torch.int32, OutputKind.SIGN_INT8: torch.int8}[kind]
 
 
+_NATIVE: dict[str, object] = {}  # the native launchers, imported on first use (numba is imported then)
+
+
+def _native(name: str):
+    if name not in _NATIVE:
+        from bnnkit.kernels.cpu_binary_conv import cpu_binary_conv2d
+        from bnnkit.kernels.cpu_binary_gemm import cpu_binary_gemm
+
+        _NATIVE.update(conv=cpu_binary_conv2d, linear=cpu_binary_gemm)
+    return _NATIVE[name]
+
+
 def _conv_kernel(x: torch.Tensor):
     route = packed_route(x)
     if route == "cpu":
-        from bnnkit.kernels.cpu_binary_conv import cpu_binary_conv2d
-
-        return cpu_binary_conv2d
+        return _native("conv")
     return binary_conv2d if route == "triton" else binary_conv2d_reference
 
 
 def _linear_kernel(x: torch.Tensor):
     route = packed_route(x)
     if route == "cpu":
-        from bnnkit.kernels.cpu_binary_gemm import cpu_binary_gemm
-
-        return cpu_binary_gemm
+        return _native("linear")
     return binary_gemm if route == "triton" else binary_gemm_reference
 
 
