@@ -57,6 +57,7 @@ def lane_bytes_for(in_channels: int, taps: int) -> int:
 class PreparedConv:
     """A convolution's weights in the native kernels' layout (:func:`prepare_conv_weight`)."""
 
+    channels: int  # C_out
     lane_bytes: int  # the direct form's lane width, 0 for the im2col form
     tap_lanes: np.ndarray  # direct: (KH*KW, C_out * lane_bytes) uint8
     rows: np.ndarray  # im2col: (C_out, ceil(KH*KW*C/64)) uint64
@@ -75,11 +76,11 @@ def prepare_conv_weight(weight: torch.Tensor, in_channels: int) -> PreparedConv:
     if lane:
         tap_lanes = np.zeros((kh * kw, co * lane), dtype=np.uint8)
         nk.conv_tap_lanes(words.data_ptr(), co, kh * kw, in_channels, lane, tap_lanes)
-        return PreparedConv(lane, tap_lanes, _NO_ROWS, _NO_ROWS, _NO_POPCOUNTS)
+        return PreparedConv(co, lane, tap_lanes, _NO_ROWS, _NO_ROWS, _NO_POPCOUNTS)
     rows = np.zeros((co, (kh * kw * in_channels + 63) // 64), dtype=np.uint64)
     tap_popcounts = np.zeros((co, kh * kw), dtype=np.int32)
     nk.conv_weight_rows(words.data_ptr(), co, kh * kw, in_channels, rows, tap_popcounts)
-    return PreparedConv(0, _NO_LANES, rows, np.ascontiguousarray(rows.T), tap_popcounts)
+    return PreparedConv(co, 0, _NO_LANES, rows, np.ascontiguousarray(rows.T), tap_popcounts)
 
 
 _NO_LANES = np.zeros((0, 0), dtype=np.uint8)
@@ -131,19 +132,27 @@ def cpu_binary_conv2d(
         want = binary_conv2d_reference(x, weight, in_channels, stride=stride, padding=padding, real_input=real_input,
                                        out_kind=kind, stage=stage, residual=residual, out_dtype=out_dtype)
         return want if out is None else out.copy_(want)
+    prepared = PREPARED.get(weight, ("conv", in_channels), lambda t: prepare_conv_weight(t, in_channels))
+    params, thresholds = stage_addresses(stage)
+    return _run(x, in_kind == InputKind.PACKED, prepared, in_channels, stride, padding, kind, params, thresholds,
+                stage.relu, residual, out_dtype, out, (kh, kw, oh, ow))
+
+
+def _run(x: torch.Tensor, packed: bool, prepared: PreparedConv, in_channels: int, stride: int, padding: int,
+         kind: OutputKind, params: int, thresholds: int, relu: bool, residual: torch.Tensor | None,
+         out_dtype: torch.dtype, out: torch.Tensor | None, geometry: tuple[int, int, int, int]) -> torch.Tensor:
+    """Allocate the output, pack a float input, split the work and run the kernel (arguments checked)."""
+    kh, kw, oh, ow = geometry
     nb, h, w = x.shape[0], x.shape[1], x.shape[2]
-    co = weight.shape[0]
+    co = prepared.channels
     result, written = allocate_output(kind, output_shape((nb, oh, ow), co, kind), out_dtype, out)
     m = nb * oh * ow
     if m == 0 or co == 0:
         return result
-    prepared = PREPARED.get(weight, ("conv", in_channels), lambda t: prepare_conv_weight(t, in_channels))
-    words = cpu_pack_signs(x) if in_kind == InputKind.BINARIZE else x.contiguous()
+    words = x.contiguous() if packed else cpu_pack_signs(x)
     res = None if residual is None else as_float32(residual)
     rs = (0, 0, 0, 0) if res is None else res.stride()
-    params, thresholds = stage_addresses(stage)
-    stage_args = (kind.code, params, thresholds, stage.relu, 0 if res is None else res.data_ptr(), *rs,
-                  written.data_ptr())
+    stage_args = (kind.code, params, thresholds, relu, 0 if res is None else res.data_ptr(), *rs, written.data_ptr())
     geometry = (nb, h, w, in_channels, oh, ow, kh, kw, stride, padding)
     work = kh * kw * -(-in_channels // 64)
     if prepared.lane_bytes:
@@ -156,4 +165,63 @@ def cpu_binary_conv2d(
     return finish_output(result, written)
 
 
-__all__ = ["cpu_binary_conv2d", "cpu_pack_signs", "prepare_conv_weight"]
+@dataclasses.dataclass(frozen=True)
+class _OpCall:
+    """A packed conv op's arguments other than ``x`` and the residual, checked once (while the
+    weight and the stage tensors are unchanged: :func:`packed_conv2d_op`)."""
+
+    stage_tensors: tuple[torch.Tensor, torch.Tensor]  # held: their addresses are in the key
+    kind: OutputKind
+    relu: bool
+    prepared: PreparedConv
+    params: int
+    thresholds: int
+
+
+def _op_call(weight: torch.Tensor, epilogue: torch.Tensor, thresholds: torch.Tensor, in_channels: int, stride: int,
+             padding: int, relu: bool, out_kind: str, out_dtype: torch.dtype) -> _OpCall:
+    stage = KernelStage(epilogue, thresholds, relu) if epilogue.numel() or thresholds.numel() else None
+    probe = torch.zeros(1, weight.shape[1], weight.shape[2], in_channels)  # the weight and stage checks, once
+    *_, kind, stage, _ = _check_call(probe, weight, in_channels, stride, padding, False, out_kind,
+                                     None if stage is not None else Epilogue(relu=relu), None, stage, None, out_dtype)
+    params, thr = stage_addresses(stage)
+    return _OpCall((stage.params, stage.thresholds), kind, stage.relu, prepare_conv_weight(weight, in_channels),
+                   params, thr)
+
+
+def packed_conv2d_op(x: torch.Tensor, weight: torch.Tensor, epilogue: torch.Tensor, thresholds: torch.Tensor,
+                     residual: torch.Tensor | None, in_channels: int, stride: int, padding: int, real_input: bool,
+                     relu: bool, out_kind: str, out_dtype: torch.dtype) -> torch.Tensor:
+    """``torch.ops.bnnkit.packed_conv2d``'s arguments (:mod:`bnnkit.export.runtime.ops`) on the
+    native kernels: the weight's kernel layout and the checks of everything but ``x`` and the
+    residual are done once per (weight, epilogue, thresholds) contents; a call checks ``x``
+    and the residual and runs. Anything unusual takes :func:`cpu_binary_conv2d`, which checks
+    everything and names errors."""
+    general = (x.dtype not in _X_DTYPES or real_input or x.device.type != "cpu" or x.dim() != 4
+               or weight.dtype != torch.int32 or weight.dim() != 4 or epilogue.is_inference()
+               or thresholds.is_inference() or type(stride) is not int or type(padding) is not int)
+    if not general:
+        key = ("op", in_channels, stride, padding, relu, out_kind, out_dtype, id(epilogue), epilogue._version,
+               id(thresholds), thresholds._version)
+        call = PREPARED.get(weight, key, lambda t: _op_call(t, epilogue, thresholds, in_channels, stride, padding,
+                                                            relu, out_kind, out_dtype))
+        packed = x.dtype == torch.int32
+        nb, h, w = x.shape[0], x.shape[1], x.shape[2]
+        co, kh, kw = weight.shape[0], weight.shape[1], weight.shape[2]
+        oh = (h + 2 * padding - kh) // stride + 1
+        ow = (w + 2 * padding - kw) // stride + 1
+        general = x.shape[3] != (num_words(in_channels) if packed else in_channels) or oh < 1 or ow < 1 or (
+            residual is not None and (residual.shape != (nb, oh, ow, co) or not residual.is_floating_point()
+                                      or residual.device.type != "cpu"))
+    if general:
+        stage = KernelStage(epilogue, thresholds, relu) if epilogue.numel() or thresholds.numel() else None
+        return cpu_binary_conv2d(x, weight, in_channels, stride=stride, padding=padding, real_input=real_input,
+                                 out_kind=out_kind, residual=residual, out_dtype=out_dtype,
+                                 **({"stage": stage} if stage is not None else {"epilogue": Epilogue(relu=relu)}))
+    return _run(x, packed, call.prepared, in_channels, stride, padding, call.kind, call.params, call.thresholds,
+                call.relu, residual, out_dtype, None, (kh, kw, oh, ow))
+
+
+_X_DTYPES = (torch.int32, torch.float32, torch.float16, torch.bfloat16)
+
+__all__ = ["cpu_binary_conv2d", "cpu_pack_signs", "packed_conv2d_op", "prepare_conv_weight"]

@@ -18,11 +18,14 @@ threads. The W1A16 route (``real_input``) and int8 operands run the reference.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from . import cpu_kernels as nk
 from .binary_gemm import _check_call, binary_gemm_reference
+from .bitpack import num_words
 from .cpu_operands import allocate_output, as_float32, finish_output, stage_addresses
 from .cpu_prepared import PREPARED
 from .cpu_threads import plan, run_tasks
@@ -90,4 +93,76 @@ def cpu_binary_gemm(
     return finish_output(result, written)
 
 
-__all__ = ["cpu_binary_gemm", "prepare_linear_weight"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _OpCall:
+    """A packed linear op's arguments other than ``x`` and the residual, checked once (while
+    the weight and the stage tensors are unchanged: :func:`packed_linear_op`)."""
+
+    stage_tensors: tuple[torch.Tensor, torch.Tensor]  # held: their addresses are in the key
+    kind: OutputKind
+    out_dtype: torch.dtype
+    relu: bool
+    rows: np.ndarray
+    rows_t: np.ndarray
+    params: int
+    thresholds: int
+
+
+def _op_call(weight: torch.Tensor, epilogue: torch.Tensor, thresholds: torch.Tensor, k: int, relu: bool,
+             out_kind: str, out_dtype: torch.dtype) -> _OpCall:
+    stage = KernelStage(epilogue, thresholds, relu) if epilogue.numel() or thresholds.numel() else None
+    extra = {"stage": stage} if stage is not None else {"epilogue": Epilogue(relu=relu)}
+    _, kind, stage = _check_call(torch.zeros(1, k), weight, k, False, out_kind, extra.get("epilogue"), None,
+                                 extra.get("stage"), None, out_dtype)  # the weight and stage checks, once
+    rows, rows_t = prepare_linear_weight(weight, k)
+    params, thr = stage_addresses(stage)
+    return _OpCall((stage.params, stage.thresholds), kind, out_dtype, stage.relu, rows, rows_t, params, thr)
+
+
+def packed_linear_op(x: torch.Tensor, weight: torch.Tensor, epilogue: torch.Tensor, thresholds: torch.Tensor,
+                     residual: torch.Tensor | None, k: int, real_input: bool, relu: bool, out_kind: str,
+                     out_dtype: torch.dtype) -> torch.Tensor:
+    """``torch.ops.bnnkit.packed_linear``'s arguments (:mod:`bnnkit.export.runtime.ops`) on the
+    native kernels. The weight's kernel layout and the checks of everything but ``x`` and the
+    residual are done once per (weight, epilogue, thresholds) contents; a call checks ``x``
+    and the residual and runs. Anything unusual (W1A16, inference tensors, an argument that
+    fails a check) takes :func:`cpu_binary_gemm`, which checks everything and names errors."""
+    general = (x.dtype not in _X_DTYPES or real_input or x.device.type != "cpu" or weight.dtype != torch.int32
+               or x.dim() < 1 or epilogue.is_inference() or thresholds.is_inference())
+    if not general:
+        key = ("op", k, relu, out_kind, out_dtype, id(epilogue), epilogue._version, id(thresholds),
+               thresholds._version)
+        call = PREPARED.get(weight, key, lambda w: _op_call(w, epilogue, thresholds, k, relu, out_kind, out_dtype))
+        packed = x.dtype == torch.int32
+        n = weight.shape[0]
+        general = x.shape[-1] != (num_words(k) if packed else k) or (
+            residual is not None and (residual.shape != (*x.shape[:-1], n) or not residual.is_floating_point()
+                                      or residual.device.type != "cpu"))
+    if general:
+        stage = KernelStage(epilogue, thresholds, relu) if epilogue.numel() or thresholds.numel() else None
+        return cpu_binary_gemm(x, weight, k, real_input=real_input, out_kind=out_kind, residual=residual,
+                               out_dtype=out_dtype, **({"stage": stage} if stage is not None else
+                                                       {"epilogue": Epilogue(relu=relu)}))
+    kind = call.kind
+    result, written = allocate_output(kind, output_shape(tuple(x.shape[:-1]), n, kind), out_dtype, None)
+    m = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if m == 0 or n == 0:
+        return result
+    a = x if packed else as_float32(x)
+    if a.dim() != 2:
+        a = a.reshape(m, a.shape[-1])
+    if a.stride(-1) != 1:
+        a = a.contiguous()
+    res = None if residual is None else as_float32(residual).reshape(m, n)
+    common = (a.data_ptr(), packed, a.stride(0), a.stride(1), k, call.rows, call.rows_t, kind.code, call.params,
+              call.thresholds, call.relu, 0 if res is None else res.data_ptr(), 0 if res is None else res.stride(0),
+              0 if res is None else res.stride(1), written.data_ptr())
+    run_tasks(nk.linear_task, [(*common, *task) for task in plan(m, n, words64(k))])
+    return finish_output(result, written)
+
+
+_X_DTYPES = (torch.int32, torch.float32, torch.float16, torch.bfloat16)
+
+__all__ = ["cpu_binary_gemm", "packed_linear_op", "prepare_linear_weight"]

@@ -70,25 +70,11 @@ _NATIVE: dict[str, object] = {}  # the native launchers, imported on first use (
 
 def _native(name: str):
     if name not in _NATIVE:
-        from bnnkit.kernels.cpu_binary_conv import cpu_binary_conv2d
-        from bnnkit.kernels.cpu_binary_gemm import cpu_binary_gemm
+        from bnnkit.kernels.cpu_binary_conv import packed_conv2d_op
+        from bnnkit.kernels.cpu_binary_gemm import packed_linear_op
 
-        _NATIVE.update(conv=cpu_binary_conv2d, linear=cpu_binary_gemm)
+        _NATIVE.update(conv=packed_conv2d_op, linear=packed_linear_op)
     return _NATIVE[name]
-
-
-def _conv_kernel(x: torch.Tensor):
-    route = packed_route(x)
-    if route == "cpu":
-        return _native("conv")
-    return binary_conv2d if route == "triton" else binary_conv2d_reference
-
-
-def _linear_kernel(x: torch.Tensor):
-    route = packed_route(x)
-    if route == "cpu":
-        return _native("linear")
-    return binary_gemm if route == "triton" else binary_gemm_reference
 
 
 def eager_call(x: torch.Tensor) -> bool:
@@ -103,9 +89,13 @@ def run_packed_conv2d(x: torch.Tensor, weight: torch.Tensor, epilogue: torch.Ten
                       relu: bool, out_kind: str, out_dtype: torch.dtype) -> torch.Tensor:
     """The body of ``torch.ops.bnnkit.packed_conv2d``: the kernel :mod:`bnnkit.backend` picks for ``x``."""
     _out_dtype(out_kind, out_dtype)
-    return _conv_kernel(x)(x, weight, in_channels, stride=stride, padding=padding, real_input=real_input,
-                           out_kind=out_kind, residual=residual, out_dtype=out_dtype,
-                           **_stage(epilogue, thresholds, relu))
+    route = packed_route(x)
+    if route == "cpu":  # takes the op's arguments as they are: its checks are cached per weight
+        return _native("conv")(x, weight, epilogue, thresholds, residual, in_channels, stride, padding, real_input,
+                               relu, out_kind, out_dtype)
+    fn = binary_conv2d if route == "triton" else binary_conv2d_reference
+    return fn(x, weight, in_channels, stride=stride, padding=padding, real_input=real_input, out_kind=out_kind,
+              residual=residual, out_dtype=out_dtype, **_stage(epilogue, thresholds, relu))
 
 
 def run_packed_linear(x: torch.Tensor, weight: torch.Tensor, epilogue: torch.Tensor, thresholds: torch.Tensor,
@@ -113,8 +103,13 @@ def run_packed_linear(x: torch.Tensor, weight: torch.Tensor, epilogue: torch.Ten
                       out_dtype: torch.dtype) -> torch.Tensor:
     """The body of ``torch.ops.bnnkit.packed_linear``: the kernel :mod:`bnnkit.backend` picks for ``x``."""
     _out_dtype(out_kind, out_dtype)
-    return _linear_kernel(x)(x, weight, in_features, real_input=real_input, out_kind=out_kind, residual=residual,
-                             out_dtype=out_dtype, **_stage(epilogue, thresholds, relu))
+    route = packed_route(x)
+    if route == "cpu":  # takes the op's arguments as they are: its checks are cached per weight
+        return _native("linear")(x, weight, epilogue, thresholds, residual, in_features, real_input, relu, out_kind,
+                                 out_dtype)
+    fn = binary_gemm if route == "triton" else binary_gemm_reference
+    return fn(x, weight, in_features, real_input=real_input, out_kind=out_kind, residual=residual,
+              out_dtype=out_dtype, **_stage(epilogue, thresholds, relu))
 
 
 @torch.library.custom_op(f"{_NAMESPACE}::packed_conv2d", mutates_args=())
