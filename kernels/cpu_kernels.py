@@ -56,12 +56,12 @@ DIRECT_MAX_CHANNELS = 64
 channels in lanes as narrow as C allows. On AVX2 it is 1.5-4x ahead of im2col there:
 gathering im2col rows costs as much as the popcounts when a tap holds few bits."""
 
-TRANSPOSED_MAX_WORDS = 16
+TRANSPOSED_MAX_WORDS = 36
 """Rows of at most this many uint64 words meet the weights transposed (``(K64, N)``: one
 activation word against a vector of output channels); longer rows take the dot form, four
-rows sharing each weight word. Measured on AVX2: the transposed form is ahead for short rows
-(3x3 convolutions up to 64 channels), the dot form for long ones, whose transposed weights
-would no longer stay in L1."""
+rows sharing each weight word. Measured on AVX2 (im2col rows of 3x3 convolutions): the
+transposed form is ahead up to 256 channels (36 words), the dot form at 512, whose transposed
+weights no longer stay in L2 between rows."""
 
 _JIT = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 _INLINE = dict(_JIT, inline="always")
