@@ -375,6 +375,28 @@ def binarize_bits(x_addr, off, stride, count, dst, r):
 # ----------------------------------------------------------------------------- tasks
 
 
+@njit(**_INLINE)
+def pixel_of(index, h, w):
+    """``(image, row, column)`` of NHWC pixel ``index`` in images of ``h x w`` pixels."""
+    img = index // (h * w)
+    rest = index - img * (h * w)
+    row = rest // w
+    return img, row, rest - row * w
+
+
+@njit(**_INLINE)
+def next_pixel(img, row, col, h, w):
+    """The pixel after ``(img, row, col)`` in NHWC order (counted along: no division per pixel)."""
+    col += 1
+    if col == w:
+        col = 0
+        row += 1
+        if row == h:
+            row = 0
+            img += 1
+    return img, row, col
+
+
 @njit(**_JIT)
 def pack_signs_task(x_addr, n_img, h, w, c, s_n, s_h, s_w, s_c, out_addr, r0, r1):
     """Binarize and pack a strided float32 ``(N, H, W, C)`` view (element strides ``s_*``) along
@@ -388,19 +410,10 @@ def pack_signs_task(x_addr, n_img, h, w, c, s_n, s_h, s_w, s_c, out_addr, r0, r1
     out = u32_at(out_addr)
     words = (c + 31) >> 5
     if s_c == 1:
-        img = r0 // (h * w)  # pixel coordinates counted along, not divided out per pixel
-        rest = r0 - img * (h * w)
-        hh = rest // w
-        ww = rest - hh * w
+        img, hh, ww = pixel_of(r0, h, w)
         for r in range(r0, r1):
             off = img * s_n + hh * s_h + ww * s_w
-            ww += 1
-            if ww == w:
-                ww = 0
-                hh += 1
-                if hh == h:
-                    hh = 0
-                    img += 1
+            img, hh, ww = next_pixel(img, hh, ww, h, w)
             for j in range(words):
                 c0 = 32 * j
                 count = min(32, c - c0)
@@ -417,10 +430,7 @@ def pack_signs_task(x_addr, n_img, h, w, c, s_n, s_h, s_w, s_c, out_addr, r0, r1
     run = np.empty((words, w), dtype=np.uint32)
     r = r0
     while r < r1:  # runs of pixels within one image row
-        img = r // (h * w)
-        rest = r - img * (h * w)
-        hh = rest // w
-        w0 = rest - hh * w
+        img, hh, w0 = pixel_of(r, h, w)
         count = min(w - w0, r1 - r)
         for j in range(words):
             for p in range(count):
@@ -550,10 +560,7 @@ def conv_direct_task(x_addr, n_img, h_in, w_in, c, oh_n, ow_n, kh_n, kw_n, strid
     xw = u32_at(x_addr)
     b0 = m0
     while b0 < m1:  # segments of one output row
-        img = b0 // (oh_n * ow_n)
-        rest = b0 - img * (oh_n * ow_n)
-        oh = rest // ow_n
-        ow0 = rest - oh * ow_n
+        img, oh, ow0 = pixel_of(b0, oh_n, ow_n)
         nrows = min(SEGMENT_PIXELS, m1 - b0, ow_n - ow0)
         for i in range(nrows * row_bytes):  # a plain loop (a memset); slice assignment costs 10x
             counts[i] = 0
@@ -678,10 +685,7 @@ def conv_task(x_addr, x_aligned64, n_img, h_in, w_in, c, oh_n, ow_n, kh_n, kw_n,
     word_mask = np.empty(words, dtype=np.uint32)  # the valid bits of each channel word
     for j in range(words):
         word_mask[j] = np.uint32(0xFFFFFFFF) >> np.uint32(32 - min(32, c - 32 * j))
-    img = m0 // (oh_n * ow_n)
-    rest = m0 - img * (oh_n * ow_n)
-    oh = rest // ow_n
-    ow = rest - oh * ow_n
+    img, oh, ow = pixel_of(m0, oh_n, ow_n)
     for b0 in range(m0, m1, BLOCK_ROWS):
         nrows = min(BLOCK_ROWS, m1 - b0)
         for r in range(nrows):
@@ -697,13 +701,7 @@ def conv_task(x_addr, x_aligned64, n_img, h_in, w_in, c, oh_n, ow_n, kh_n, kw_n,
             pix_h[r] = oh
             pix_w[r] = ow
             res_off[r] = img * rs_n + oh * rs_h + ow * rs_w
-            ow += 1
-            if ow == ow_n:
-                ow = 0
-                oh += 1
-                if oh == oh_n:
-                    oh = 0
-                    img += 1
+            img, oh, ow = next_pixel(img, oh, ow, oh_n, ow_n)
         mismatches(rows, nrows, weight, weight_t, n0, n1, mism)
         for r in range(nrows):
             valid_bits = valid[r] * c
