@@ -1,5 +1,6 @@
-"""The numba kernels of the native CPU backend: XOR + popcount GEMM on packed words, the
-implicit-GEMM convolution, binarize-and-pack, and their fused epilogue.
+"""The numba kernels of the native CPU backend: XOR + popcount GEMM on packed words, the binary
+convolution (direct, or implicit GEMM over im2col rows), binarize-and-pack, and their fused
+epilogue.
 
 Every kernel here is compiled lazily (first call) and cached on disk (numba's ``cache=True``:
 ``__pycache__`` beside this file when it is writable, else numba's user-wide cache directory,
@@ -16,8 +17,9 @@ bit 1 = +1 (``x >= 0``; NaN gives 0). The GEMM reads uint64 rows of bits: a line
 concatenated (bit ``t*C + c`` is channel ``c`` of tap ``t``; zero bits past the end).
 ``mismatches = sum popcount(a ^ w)`` and ``acc = valid_bits - 2 * mismatches``, exact in int32.
 
-Zero padding is exact: a padding tap's bits are 0 in the im2col row, so it adds
-``popcount(w_tap)`` mismatches, which are taken back (``tap_popcounts``), and no valid bits.
+Zero padding is exact: the direct convolution skips padding taps; in an im2col row a padding
+tap's bits are 0, so it adds ``popcount(w_tap)`` mismatches, which are taken back
+(``tap_popcounts``), and no valid bits.
 
 The float epilogue repeats :func:`~bnnkit.kernels.epilogue.epilogue_reference` operation by
 operation in float32 (no fused multiply-add: numba does not contract without fastmath), so
@@ -53,15 +55,16 @@ pixels of one output row, whose per-tap work runs as one loop."""
 DIRECT_MAX_CHANNELS = 64
 """Convolutions with at most this many input channels take the direct form
 (:func:`conv_direct_task`): no im2col rows, each tap's input word against a vector of output
-channels in lanes as narrow as C allows. On AVX2 it is 1.5-4x ahead of im2col there:
-gathering im2col rows costs as much as the popcounts when a tap holds few bits."""
+channels in lanes as narrow as C allows. Gathering im2col rows costs as much as the popcounts
+when a tap holds few bits; above 64 channels both forms measured alike (AVX2), and im2col
+takes any channel count."""
 
 TRANSPOSED_MAX_WORDS = 36
 """Rows of at most this many uint64 words meet the weights transposed (``(K64, N)``: one
 activation word against a vector of output channels); longer rows take the dot form, four
-rows sharing each weight word. Measured on AVX2 (im2col rows of 3x3 convolutions): the
-transposed form is ahead up to 256 channels (36 words), the dot form at 512, whose transposed
-weights no longer stay in L2 between rows."""
+rows sharing each weight word. Measured on AVX2 with the im2col rows of 3x3 convolutions:
+the transposed form ahead up to 256 channels (36 words), the dot form at 512 channels, where
+each row would stream the transposed weights again."""
 
 _JIT = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 _INLINE = dict(_JIT, inline="always")
