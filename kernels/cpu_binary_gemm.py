@@ -72,22 +72,29 @@ def cpu_binary_gemm(
         want = binary_gemm_reference(x, weight, k, real_input=real_input, out_kind=kind, stage=stage,
                                      residual=residual, out_dtype=out_dtype)
         return want if out is None else out.copy_(want)
-    n = weight.shape[0]
+    rows, rows_t = PREPARED.get(weight, ("linear", k), lambda w: prepare_linear_weight(w, k))
+    params, thresholds = stage_addresses(stage)
+    return _run(x, in_kind == InputKind.PACKED, rows, rows_t, k, kind, params, thresholds, stage.relu, residual,
+                out_dtype, out)
+
+
+def _run(x: torch.Tensor, packed: bool, rows: np.ndarray, rows_t: np.ndarray, k: int, kind: OutputKind, params: int,
+         thresholds: int, relu: bool, residual: torch.Tensor | None, out_dtype: torch.dtype,
+         out: torch.Tensor | None) -> torch.Tensor:
+    """Allocate the output, split the work and run the kernel (arguments checked)."""
+    n = rows.shape[0]
     result, written = allocate_output(kind, output_shape(tuple(x.shape[:-1]), n, kind), out_dtype, out)
     m = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if m == 0 or n == 0:
         return result
-    rows, rows_t = PREPARED.get(weight, ("linear", k), lambda w: prepare_linear_weight(w, k))
-    packed = in_kind == InputKind.PACKED
     a = x if packed else as_float32(x)
     if a.dim() != 2:
         a = a.reshape(m, a.shape[-1])
     if a.stride(-1) != 1 and packed:
         a = a.contiguous()
     res = None if residual is None else as_float32(residual).reshape(m, n)
-    params, thresholds = stage_addresses(stage)
-    common = (a.data_ptr(), packed, a.stride(0), a.stride(1), k, rows, rows_t, kind.code, params, thresholds,
-              stage.relu, 0 if res is None else res.data_ptr(), 0 if res is None else res.stride(0),
+    common = (a.data_ptr(), packed, a.stride(0), a.stride(1), k, rows, rows_t, kind.code, params, thresholds, relu,
+              0 if res is None else res.data_ptr(), 0 if res is None else res.stride(0),
               0 if res is None else res.stride(1), written.data_ptr())
     run_tasks(nk.linear_task, [(*common, *task) for task in plan(m, n, words64(k))])
     return finish_output(result, written)
@@ -145,22 +152,8 @@ def packed_linear_op(x: torch.Tensor, weight: torch.Tensor, epilogue: torch.Tens
         return cpu_binary_gemm(x, weight, k, real_input=real_input, out_kind=out_kind, residual=residual,
                                out_dtype=out_dtype, **({"stage": stage} if stage is not None else
                                                        {"epilogue": Epilogue(relu=relu)}))
-    kind = call.kind
-    result, written = allocate_output(kind, output_shape(tuple(x.shape[:-1]), n, kind), out_dtype, None)
-    m = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if m == 0 or n == 0:
-        return result
-    a = x if packed else as_float32(x)
-    if a.dim() != 2:
-        a = a.reshape(m, a.shape[-1])
-    if a.stride(-1) != 1:
-        a = a.contiguous()
-    res = None if residual is None else as_float32(residual).reshape(m, n)
-    common = (a.data_ptr(), packed, a.stride(0), a.stride(1), k, call.rows, call.rows_t, kind.code, call.params,
-              call.thresholds, call.relu, 0 if res is None else res.data_ptr(), 0 if res is None else res.stride(0),
-              0 if res is None else res.stride(1), written.data_ptr())
-    run_tasks(nk.linear_task, [(*common, *task) for task in plan(m, n, words64(k))])
-    return finish_output(result, written)
+    return _run(x, packed, call.rows, call.rows_t, k, call.kind, call.params, call.thresholds, call.relu, residual,
+                out_dtype, None)
 
 
 _X_DTYPES = (torch.int32, torch.float32, torch.float16, torch.bfloat16)
