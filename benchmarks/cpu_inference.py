@@ -18,7 +18,12 @@ Cases:
 - ``layers``: the binary 3x3 convolutions of ResNet-20 (batch 64) and ResNet-18 at 224x224
   (batch 1), packed input, fused epilogue, against ``F.conv2d`` in channels_last;
 - ``models``: resnet20 at batch 1 / 64, resnet18 at 224x224 batch 1 / 8, digits_mlp and
-  digits_cnn at batch 1 / 64.
+  digits_cnn at batch 1 / 64;
+- ``cold_start``: a fresh Python process packs resnet20 and resnet18_cifar and runs each once
+  with an empty numba cache (``first_process``: the kernels compile), then again with the cache
+  it left (``second_process``: they load from disk); ``median_ms`` is the time from the first
+  forward call to its output (both models), ``compile_s`` that minus the steady-state forward
+  time, ``import_s`` the time to import bnnkit.
 
 Goals (issue 19; 1 thread, against the float twin): resnet20 b64 >= 3x, resnet18 224 b1 >= 4x,
 4096^2 linear b1 >= 30x and b64 >= 8x, the large GEMM within 2x of the popcount ceiling.
@@ -27,7 +32,12 @@ Goals (issue 19; 1 thread, against the float twin): resnet20 b64 >= 3x, resnet18
 from __future__ import annotations
 
 import copy
+import json
 import os
+import statistics
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -35,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import BenchContext, case
-from .timing import ratio_quantiles, time_interleaved
+from .timing import quantiles, ratio_quantiles, time_interleaved
 
 SUITE = "cpu"
 CEILING_WORDS = 512  # per operand row: 4 x 4 KiB + 4 KiB, in L1
@@ -314,3 +324,61 @@ def models_case(ctx: BenchContext) -> list[dict]:
         for r in rows:
             r["load_avg_end"] = round(os.getloadavg()[0], 2)
     return rows
+
+
+# ----------------------------------------------------------------------------- cold start
+
+_COLD_START_SCRIPT = """
+import json, time
+t0 = time.perf_counter()
+import torch
+import bnnkit
+from bnnkit import models
+from bnnkit.export import pack
+t_import = time.perf_counter() - t0
+torch.set_num_threads(1)
+torch.manual_seed(0)
+nets = [pack(models.create(name).eval()) for name in ("resnet20", "resnet18_cifar")]
+x = torch.randn(1, 3, 32, 32)
+with torch.no_grad():
+    t1 = time.perf_counter()
+    for net in nets:
+        net(x)
+    first = time.perf_counter() - t1
+    steady = []
+    for _ in range(5):
+        t2 = time.perf_counter()
+        for net in nets:
+            net(x)
+        steady.append(time.perf_counter() - t2)
+print(json.dumps({"import_s": t_import, "first_s": first, "steady_s": sorted(steady)[2]}))
+"""
+
+
+def cold_start_rows(repeats: int) -> list[dict]:
+    """``first_process`` (an empty numba cache) once, then ``second_process`` ``repeats`` times
+    on the cache it left; each a fresh interpreter with ``BNNKIT_BACKEND=cpu``."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bnnkit-numba-cache-") as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "BNNKIT_BACKEND": "cpu"}
+        for impl, count in (("first_process", 1), ("second_process", repeats)):
+            runs = []
+            for _ in range(count):
+                done = subprocess.run([sys.executable, "-c", _COLD_START_SCRIPT], env=env, capture_output=True,
+                                      text=True, timeout=1800)
+                if done.returncode != 0:
+                    raise RuntimeError(f"the cold-start process failed: {done.stderr[-2000:]}")
+                runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            timing = quantiles([1e3 * r["first_s"] for r in runs])
+            steady_s = statistics.median(r["steady_s"] for r in runs)
+            rows.append({"case": "cold_start", "impl": impl, "shape": "resnet20+resnet18_cifar:1", "dtype": "1bit",
+                         "threads": "1", **timing, "timer": "process", "repeats": count,
+                         "compile_s": max(0.0, timing["median_ms"] * 1e-3 - steady_s),
+                         "import_s": statistics.median(r["import_s"] for r in runs)})
+    return rows
+
+
+@case(SUITE, "cold_start", devices=("cpu",))
+def cold_start(ctx: BenchContext) -> list[dict]:
+    """Compile time of the native kernels in a fresh process, and the start of a second one."""
+    return cold_start_rows(1 if ctx.quick else 3)

@@ -20,7 +20,8 @@ import torch
 MIN_CPU_SAMPLE_MS = 0.5
 
 
-def _quantiles(ms: list[float]) -> dict[str, float]:
+def quantiles(ms: list[float]) -> dict[str, float]:
+    """``median_ms``, ``p20_ms`` and ``p80_ms`` of samples in milliseconds."""
     ms = sorted(ms)
     q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
     return {"median_ms": statistics.median(ms), "p20_ms": q[1], "p80_ms": q[7]}
@@ -46,7 +47,7 @@ def time_cpu(fn: Callable[[], object], warmup: int = 3, reps: int = 20) -> dict:
         for _ in range(calls):
             fn()
         ms.append((time.perf_counter() - t0) * 1e3 / calls)
-    return {**_quantiles(ms), "timer": "cpu"}
+    return {**quantiles(ms), "timer": "cpu"}
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], reps: int = 20, warmup: int = 2
@@ -76,12 +77,12 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int = 20, warmu
             for _ in range(calls[name]):
                 fn()
             samples[name].append((time.perf_counter() - t0) * 1e3 / calls[name])
-    return {name: {**_quantiles(ms), "timer": "cpu_interleaved"} for name, ms in samples.items()}, samples
+    return {name: {**quantiles(ms), "timer": "cpu_interleaved"} for name, ms in samples.items()}, samples
 
 
 def ratio_quantiles(numerator: list[float], denominator: list[float]) -> dict[str, float]:
     """Median and 20th / 80th percentiles of the paired ratios ``numerator[i] / denominator[i]``."""
-    q = _quantiles([a / b for a, b in zip(numerator, denominator)])
+    q = quantiles([a / b for a, b in zip(numerator, denominator)])
     return {"median": q["median_ms"], "p20": q["p20_ms"], "p80": q["p80_ms"]}
 
 
