@@ -33,6 +33,32 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+ISA_FLAGS = ("sse4_2", "popcnt", "bmi2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bitalg", "avx512_vpopcntdq", "amx_int8", "asimd", "asimddp", "sve", "sve2")
+"""The instruction-set flags that decide how fast the native CPU kernels and the float baselines run."""
+
+
+def cpu_isa() -> str:
+    """The CPU's :data:`ISA_FLAGS` present (``/proc/cpuinfo`` flags / Features), space separated;
+    else the target LLVM sees (``llvmlite``), else ``"unknown"``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip()
+                if key in ("flags", "Features"):
+                    present = set(line.split(":", 1)[1].split())
+                    return " ".join(flag for flag in ISA_FLAGS if flag in present)
+    except OSError:
+        pass
+    try:
+        from llvmlite import binding as llvm
+
+        features = llvm.get_host_cpu_features()
+        return f"{llvm.get_host_cpu_name()}: " + " ".join(sorted(k for k, v in features.items() if v))
+    except Exception:  # no llvmlite, or a platform it cannot describe
+        return "unknown"
+
+
 def device_name(device: torch.device) -> str:
     """``torch.cuda.get_device_name`` for CUDA devices, the CPU model for ``cpu``."""
     if device.type == "cuda":
@@ -59,7 +85,7 @@ def package_version(name: str) -> str | None:
 
 
 def library_versions() -> dict[str, str | None]:
-    """torch, triton, onnxruntime and CUDA (as torch was built) versions; None where absent."""
+    """torch, triton, onnxruntime, CUDA (as torch was built) and numba versions; None where absent."""
     try:
         import triton
 
@@ -73,7 +99,7 @@ def library_versions() -> dict[str, str | None]:
     except ImportError:
         ort_version = None
     return {"torch": torch.__version__, "triton": triton_version, "onnxruntime": ort_version,
-            "cuda": torch.version.cuda}
+            "cuda": torch.version.cuda, "numba": package_version("numba")}
 
 
 def git_commit(repo: str = REPO_ROOT) -> tuple[str, bool | None]:
@@ -115,6 +141,8 @@ def run_metadata(device: torch.device, quick: bool) -> dict:
     }
     if device.type == "cpu":
         meta["cpu_threads"] = torch.get_num_threads()
+        meta["cpu_cores"] = os.cpu_count()
+        meta["cpu_isa"] = cpu_isa()
     if hasattr(os, "getloadavg"):  # CPU figures from a busy host are slower: say how busy it was
         meta["load_avg"] = round(os.getloadavg()[0], 2)
     return meta

@@ -74,12 +74,15 @@ def inference(ctx: BenchContext) -> list[dict]:
 
 @case("model", "cpu_small", devices=("cpu",))
 def cpu_small(ctx: BenchContext) -> list[dict]:
-    """ResNet-20, batch 8, CPU: the packed model on the PyTorch reference vs the float model."""
+    """ResNet-20, batch 8, CPU: the packed model on the PyTorch reference vs the float model
+    (the native CPU kernels are measured by the "cpu" suite)."""
+    from bnnkit.backend import use_backend
+
     torch.manual_seed(0)
     model = models.create("resnet20").eval()
     packed = pack(model)
     x = torch.randn(8, 3, 32, 32)
-    with torch.no_grad():
+    with torch.no_grad(), use_backend("torch"):
         rows = [_row("resnet20", 8, "float_fp32", "fp32", time_fn(lambda: model(x), ctx.device, ctx.quick)),
                 _row("resnet20", 8, "packed_reference", "1bit/fp32", time_fn(lambda: packed(x), ctx.device,
                                                                              ctx.quick))]

@@ -42,6 +42,9 @@ def baselines_of(rows: list[dict]) -> set[tuple[str, str, str]]:
 def _speedups(row: dict) -> str:
     parts = [f"{_num(v)}x vs {k.removeprefix('speedup_vs_')}" for k, v in row.items()
              if k.startswith("speedup_vs_") and k != f"speedup_vs_{row['impl']}" and v is not None]
+    if parts and row.get("speedup_p20") is not None and row.get("speedup_p80") is not None:
+        # the spread of the per-sample ratios against the first baseline (interleaved samples)
+        parts[0] += f" (paired {_num(row['speedup_p20'])}-{_num(row['speedup_p80'])})"
     return ", ".join(parts) or "-"
 
 
@@ -54,25 +57,48 @@ def _throughput(row: dict) -> str:
     return ", ".join(parts) or "-"
 
 
+def _run_line(rows: list[dict], device_type: bool = True) -> str:
+    """Where and when rows were measured: threads and load (CPU), dates, commits, versions, mode."""
+    first = rows[0]
+    dates = sorted({r["date"][:10] for r in rows})
+    commits = sorted({r["commit"][:10] for r in rows})
+    versions = ", ".join(f"{lib} {first[lib]}" for lib in ("torch", "triton", "onnxruntime", "cuda", "numba")
+                         if first.get(lib))
+    if first.get("cpu_isa"):
+        versions += f"; ISA flags: {first['cpu_isa']}"
+    threads = f", {first['cpu_threads']} threads" if first.get("cpu_threads") else ""
+    if first["device_type"] == "cpu" and first.get("load_avg") is not None:
+        threads += f", load average {first['load_avg']:g} at the start"
+        ends = [r["load_avg_end"] for r in rows if r.get("load_avg_end") is not None]
+        if ends:
+            threads += f", {max(ends):g} at the end"
+    mode = "quick mode" if all(r.get("quick") for r in rows) else ("full mode" if not any(r.get("quick") for r in rows)
+                                                                   else "quick and full mode")
+    repeats = sorted({r.get("repeats", 1) for r in rows})
+    if repeats != [1]:
+        mode += f", {'/'.join(map(str, repeats))} interleaved repeats"
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    head = f"{first['device_type']}{threads}), measured" if device_type else f"measured"
+    if not device_type and threads:
+        head = f"{threads.lstrip(', ')}; measured"
+    return f"{head} {when} at commit {', '.join(commits)}; {versions}; {mode}"
+
+
 def device_section(doc: dict) -> str:
     """Markdown for one device: a line naming it, its ceilings, and the table of its latest rows."""
     rows = latest_rows(doc["rows"])
     if not rows:
         return f"**{doc['device']}**: no rows recorded.\n"
-    first = rows[0]
-    dates = sorted({r["date"][:10] for r in rows})
-    commits = sorted({r["commit"][:10] for r in rows})
-    versions = ", ".join(f"{lib} {first[lib]}" for lib in ("torch", "triton", "onnxruntime", "cuda") if first.get(lib))
-    threads = f", {first['cpu_threads']} threads" if first.get("cpu_threads") else ""
-    if first["device_type"] == "cpu" and first.get("load_avg") is not None:
-        threads += f", load average {first['load_avg']:g} at the start"
-    repeats = sorted({r.get("repeats", 1) for r in rows})
-    mode_repeats = f", {'/'.join(map(str, repeats))} interleaved repeats" if repeats != [1] else ""
-    mode = "quick mode" if all(r.get("quick") for r in rows) else ("full mode" if not any(r.get("quick") for r in rows)
-                                                                   else "quick and full mode")
-    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
-    lines = [f"**{doc['device']}** ({first['device_type']}{threads}), measured {when} at commit {', '.join(commits)}; "
-             f"{versions}; {mode}{mode_repeats}.", ""]
+    runs: dict[str, list[dict]] = {}  # the latest run of each suite: one or several runs
+    for r in rows:
+        runs.setdefault(r.get("run_id", ""), []).append(r)
+    if len(runs) == 1:
+        lines = [f"**{doc['device']}** ({_run_line(rows)}.", ""]
+    else:
+        lines = [f"**{doc['device']}** ({rows[0]['device_type']}), the latest run of each suite:", ""]
+        lines += [f"- {', '.join(dict.fromkeys(r['suite'] for r in part))}: {_run_line(part, device_type=False)}."
+                  for part in runs.values()]
+        lines.append("")
     best: dict[str, dict] = {}  # the best row per ceiling, as the runner takes it
     for r in rows:
         if r["suite"] == CEILINGS_SUITE and r.get("ceiling"):
@@ -83,7 +109,8 @@ def device_section(doc: dict) -> str:
         measured = [f"{_num(r['gb_per_s'])} GB/s copy ({r['shape'].strip('(,)')} {r['dtype']} elements)"
                     if name == "copy" else
                     f"{_num(r['tops'])} TOPS {name} matmul ({r['shape']})" for name, r in best.items()]
-        lines += [f"Ceilings measured in the same run: {'; '.join(measured)}.", ""]
+        where = "in the same run" if len(runs) == 1 else "by the latest run of the ceilings suite"
+        lines += [f"Ceilings measured {where}: {'; '.join(measured)}.", ""]
     baselines = baselines_of(rows)
     table = [r for r in rows if r["suite"] != CEILINGS_SUITE and (r["suite"], r["case"], r["impl"]) not in baselines]
     if not table:

@@ -31,8 +31,8 @@ RESULTS_FORMAT = "bnnkit-bench-results"
 RESULTS_VERSION = 1
 
 # fields of a row that describe the run or the measurement, not which variant of a case it is
-RUN_FIELDS = ("device", "device_type", "torch", "triton", "onnxruntime", "cuda", "python", "commit", "dirty", "date",
-              "quick", "run_id", "cpu_threads", "load_avg", "repeats")
+RUN_FIELDS = ("device", "device_type", "torch", "triton", "onnxruntime", "cuda", "numba", "python", "commit", "dirty",
+              "date", "quick", "run_id", "cpu_threads", "cpu_cores", "cpu_isa", "load_avg", "load_avg_end", "repeats")
 ROW_FIELDS = ("suite", "case", "impl", "shape", "dtype", "timer", "ceiling", "bound", "ceiling_dtype", "unreliable")
 
 

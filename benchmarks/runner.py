@@ -384,6 +384,8 @@ def format_rows(rows: list[dict]) -> str:
             derived.append(f"{_fmt(r['gb_per_s'])} GB/s")
         if "tops" in r:
             derived.append(f"{_fmt(r['tops'])} TOPS")
+        if "compile_s" in r:
+            derived.append(f"{_fmt(r['compile_s'])} s compiling")
         if "pct_of_ceiling" in r:
             derived.append(f"{_fmt(r['pct_of_ceiling'])}% of {r.get('bound')}")
         derived += [f"{_fmt(v)}x vs {k.removeprefix('speedup_vs_')}" for k, v in r.items()

@@ -1,8 +1,8 @@
 """Timing: median and 20th/80th percentiles in milliseconds, on GPU or CPU.
 
 Every timing dict has ``median_ms``, ``p20_ms``, ``p80_ms`` and ``timer``, the method used
-(``do_bench``, ``cuda_graph`` or ``cpu``), so rows timed differently are never compared
-unknowingly.
+(``do_bench``, ``cuda_graph``, ``cpu`` or ``cpu_interleaved``), so rows timed differently are
+never compared unknowingly.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 MIN_CPU_SAMPLE_MS = 0.5
 
 
-def _quantiles(ms: list[float]) -> dict[str, float]:
+def quantiles(ms: list[float]) -> dict[str, float]:
+    """``median_ms``, ``p20_ms`` and ``p80_ms`` of samples in milliseconds."""
     ms = sorted(ms)
     q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
     return {"median_ms": statistics.median(ms), "p20_ms": q[1], "p80_ms": q[7]}
@@ -46,7 +47,43 @@ def time_cpu(fn: Callable[[], object], warmup: int = 3, reps: int = 20) -> dict:
         for _ in range(calls):
             fn()
         ms.append((time.perf_counter() - t0) * 1e3 / calls)
-    return {**_quantiles(ms), "timer": "cpu"}
+    return {**quantiles(ms), "timer": "cpu"}
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], reps: int = 20, warmup: int = 2
+                     ) -> tuple[dict[str, dict], dict[str, list[float]]]:
+    """Time several CPU functions in alternation: sample ``i`` of every function, then sample
+    ``i + 1`` of every function, so that a change in the machine's load (a shared machine)
+    falls on all of them alike. Returns ``({name: timing dict}, {name: samples in ms})``; the
+    samples of one index are paired, so ratios can be taken sample by sample.
+
+    A sample is one call, or the mean of several when one call takes less than
+    :data:`MIN_CPU_SAMPLE_MS` (the count is fixed per function from its last warm-up call).
+    """
+    if warmup < 1 or reps < 1:
+        raise ValueError(f"time_interleaved needs warmup >= 1 and reps >= 1, got warmup={warmup}, reps={reps}")
+    calls = {}
+    for name, fn in fns.items():
+        for _ in range(warmup - 1):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        one_ms = (time.perf_counter() - t0) * 1e3
+        calls[name] = max(1, math.ceil(MIN_CPU_SAMPLE_MS / one_ms)) if one_ms > 0 else 1000
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3 / calls[name])
+    return {name: {**quantiles(ms), "timer": "cpu_interleaved"} for name, ms in samples.items()}, samples
+
+
+def ratio_quantiles(numerator: list[float], denominator: list[float]) -> dict[str, float]:
+    """Median and 20th / 80th percentiles of the paired ratios ``numerator[i] / denominator[i]``."""
+    q = quantiles([a / b for a, b in zip(numerator, denominator)])
+    return {"median": q["median_ms"], "p20": q["p20_ms"], "p80": q["p80_ms"]}
 
 
 def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> dict:

@@ -44,6 +44,10 @@ class KernelEnum(str, enum.Enum):
         naming the accepted values otherwise."""
         if isinstance(value, cls):
             return value
+        if type(value) is str:  # the common case, one dict lookup (this runs on every kernel call)
+            member = cls._value2member_map_.get(value)
+            if member is not None:
+                return member
         for member in cls:
             if (isinstance(value, str) and value == member.value) or \
                     (type(value) is int and value == member.code):

@@ -20,10 +20,26 @@ def test_env_and_setter(monkeypatch):
 
 def test_unknown_backend_names_choices(monkeypatch):
     monkeypatch.setenv("BNNKIT_BACKEND", "cuda")
-    with pytest.raises(ValueError, match="auto, torch, triton"):
+    with pytest.raises(ValueError, match="auto, torch, triton, cpu"):
         backend.get_backend()
-    with pytest.raises(ValueError, match="auto, torch, triton"):
+    with pytest.raises(ValueError, match="auto, torch, triton, cpu"):
         backend.set_backend("fast")
+
+
+def test_which_backend_runs_the_packed_ops_on_cpu_and_cuda(monkeypatch):
+    monkeypatch.delenv("BNNKIT_BACKEND", raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    native = backend.native_cpu_available()
+    assert backend.use_native_cpu(torch.zeros(1)) is native  # auto: the native kernels when numba imports
+    assert backend.use_native_cpu(cuda) is False
+    with backend.use_backend("torch"):
+        assert not backend.use_native_cpu(cpu) and not backend.use_triton(cpu)
+    with backend.use_backend("cpu"):
+        assert backend.use_triton(cuda) is False  # ops without native kernels run the reference
+        with pytest.raises(RuntimeError, match="BNNKIT_BACKEND=cpu runs the native CPU kernels, which take CPU"):
+            backend.use_native_cpu(cuda)
+        if native:
+            assert backend.use_native_cpu(cpu) is True
 
 
 def test_forced_triton_on_cpu_needs_interpreter(monkeypatch):

@@ -19,7 +19,7 @@ from bnnkit.kernels.bitpack import num_words
 from bnnkit.kernels.kinds import InputKind, OutputKind
 from bnnkit.kernels.weight_pack import pack_conv_weight, pack_linear_weight
 
-from . import ops  # noqa: F401  (registers torch.ops.bnnkit.*)
+from . import ops  # registers torch.ops.bnnkit.*
 
 LAYER_INPUT_KINDS = (InputKind.BINARIZE, InputKind.PACKED, InputKind.REAL)
 """What a packed layer reads: real values it binarizes, the packed bits of the previous packed
@@ -141,10 +141,10 @@ class PackedConv2d(PackedLayer):
             raise ValueError(f"this PackedConv2d was packed {'with' if self.residual else 'without'} a residual")
         nhwc = x if self.input_kind == InputKind.PACKED else x.permute(0, 2, 3, 1)
         res = residual.permute(0, 2, 3, 1) if residual is not None else None
-        out = torch.ops.bnnkit.packed_conv2d(nhwc, self.weight_bits, self.epilogue, self.thresholds, res,
-                                             self.in_channels, self.stride, self.padding,
-                                             self.input_kind == InputKind.REAL, self.relu, self.output_kind.value,
-                                             self._out_dtype(x, residual))
+        op = ops.run_packed_conv2d if ops.eager_call(x) else torch.ops.bnnkit.packed_conv2d
+        out = op(nhwc, self.weight_bits, self.epilogue, self.thresholds, res, self.in_channels, self.stride,
+                 self.padding, self.input_kind == InputKind.REAL, self.relu, self.output_kind.value,
+                 self._out_dtype(x, residual))
         return out if self.output_kind == OutputKind.PACKED else out.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
@@ -179,9 +179,9 @@ class PackedLinear(PackedLayer):
         self._check_input(x)
         if (residual is not None) != self.residual:
             raise ValueError(f"this PackedLinear was packed {'with' if self.residual else 'without'} a residual")
-        return torch.ops.bnnkit.packed_linear(x, self.weight_bits, self.epilogue, self.thresholds, residual,
-                                              self.in_features, self.input_kind == InputKind.REAL, self.relu,
-                                              self.output_kind.value, self._out_dtype(x, residual))
+        op = ops.run_packed_linear if ops.eager_call(x) else torch.ops.bnnkit.packed_linear
+        return op(x, self.weight_bits, self.epilogue, self.thresholds, residual, self.in_features,
+                  self.input_kind == InputKind.REAL, self.relu, self.output_kind.value, self._out_dtype(x, residual))
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, input={self.input_kind.value}, "

@@ -87,14 +87,23 @@ def load_trained_model(artifact_dir: str) -> torch.nn.Module:
     return load_trained(artifact_dir)[0]
 
 
+PACKED_ROUTES = {"triton": "Triton kernels", "cpu": "native CPU kernels", "torch": "PyTorch reference kernels"}
+
+
 def load_packed(artifact_dir: str) -> TorchModuleRuntime:
-    """The packed model via ``bnnkit.export.load``: Triton kernels on CUDA, PyTorch elsewhere."""
+    """The packed model via ``bnnkit.export.load``, on the kernels the backend picks for the
+    device (by default Triton on CUDA, the native kernels on CPU)."""
     if not os.path.lexists(os.path.join(artifact_dir, PACKED_MANIFEST)):
         raise RuntimeUnavailable(f"no packed artifact: {os.path.join(artifact_dir, PACKED_MANIFEST)!r} does not exist")
+    from bnnkit.backend import packed_route
+
     from ..runtime import load
 
     module = load(artifact_dir)
-    backend = "Triton kernels" if _torch_device().type == "cuda" else "PyTorch reference kernels"
+    try:
+        backend = PACKED_ROUTES[packed_route(_torch_device())]
+    except RuntimeError as e:  # a forced backend that cannot run here: the run itself reports it
+        backend = f"no kernels ({e})"
     return TorchModuleRuntime("packed", module, f"bnnkit packed model, {backend}")
 
 

@@ -204,10 +204,13 @@ def test_saving_outside_the_zoo_needs_no_input_shape(tmp_path):
         assert torch.equal(load(tmp_path / "x")(x), pack(model)(x))
 
 
-def test_torch_compile_and_export(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_torch_compile_and_export(tmp_path, backend):
+    """Compiled and exported, the packed ops stay single nodes (the layers call them, not their
+    bodies, under tracing) and give the eager outputs on the reference and the native kernels."""
     packed = pack(_resnet20())
     x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad(), use_backend("torch"):
+    with torch.no_grad(), use_backend(backend):
         want = packed(x)
         compiled = torch.compile(packed, backend="aot_eager", fullgraph=True)
         assert torch.equal(compiled(x), want)

@@ -15,10 +15,16 @@ from bnnkit.nn.layers import BinaryConv2d, BinaryLinear
 
 
 def assert_same_outputs(model: nn.Module, packed, x: torch.Tensor, rtol: float = 1e-5) -> None:
+    """The packed model (torch backend) against the trained model in float64; the native CPU
+    kernels give the torch backend's output bit for bit."""
     with torch.no_grad(), use_backend("torch"):
         want = model.double()(x.double())
         model.float()
-        got = packed(x).double()
+        got = packed(x)
+    with torch.no_grad(), use_backend("cpu"):
+        native = packed(x)
+    assert torch.equal(native, got), "the native CPU kernels differ from the reference"
+    got = got.double()
     assert torch.equal(got.argmax(-1), want.argmax(-1))
     assert (got - want).abs().max() <= rtol * want.abs().max()
 

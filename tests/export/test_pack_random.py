@@ -7,7 +7,8 @@ trained model evaluated in float64 (:class:`~bnnkit.export.validation.Float64Ref
 the torch backend and on the Triton kernels (the interpreter on CPU): same top-1 and
 ``max |diff| <= 1e-5 * max |trained|`` on every sample, except a flip at a near-tie of the
 float64 model that the reference reproduces (reported in the failure message when it is not);
-then ``save`` / ``load`` gives bitwise the same outputs.
+then ``save`` / ``load`` gives bitwise the same outputs. On the native CPU kernels
+(``BNNKIT_BACKEND=cpu``) the packed model's output is bitwise the torch backend's.
 
 CI runs a few seeds; ``BNNKIT_PACK_SWEEP=N`` runs N seeds per test.
 """
@@ -28,6 +29,7 @@ from random_binary_models import Unit, random_input, random_model
 SWEEP = int(os.environ.get("BNNKIT_PACK_SWEEP", "0") or 0)
 TORCH_SEEDS = range(SWEEP or 24)
 TRITON_SEEDS = range(1000, 1000 + (SWEEP or 6))
+CPU_SEEDS = range(3000, 3000 + (SWEEP or 16))
 REFUSAL_SEEDS = range(2000, 2000 + (SWEEP or 6))
 RTOL = 1e-5
 
@@ -75,6 +77,23 @@ def test_random_model_packs_exactly_torch_backend(seed, tmp_path):
 @pytest.mark.parametrize("seed", TRITON_SEEDS)
 def test_random_model_packs_exactly_triton(seed):
     check_packed(seed, "triton")
+
+
+@pytest.mark.parametrize("seed", CPU_SEEDS)
+def test_random_model_on_the_native_cpu_kernels_is_bitwise_the_reference(seed):
+    """Every layer of the drawn model on the native kernels (threads split the work whatever
+    its size): the model's output equals the torch backend's bit for bit, a batch of one and
+    of several (also the float64 comparison holds, through the reference's)."""
+    from cpu_testing import task_split
+
+    rm = random_model(seed)
+    packed = pack(rm.model, input_shape=rm.input_shape if seed % 2 else None)
+    for batch in (1, 5):
+        x = random_input(rm.input_shape, batch, seed)
+        want = run(packed, x, "torch")
+        with task_split(seed % 2 == 0):
+            got = run(packed, x, "cpu")
+        assert torch.equal(got, want), f"seed {seed} batch {batch}: {' | '.join(rm.description)}"
 
 
 def unsupported_conv(c: int, rng: torch.Generator) -> tuple[BinaryConv2d, str]:

@@ -1,9 +1,10 @@
 """The packed layers' forward: one kernel launch and no other tensor work per layer on the
-Triton route, exact signs for bf16 / fp16 inputs, empty batches, and buffers that keep the
-artifact format through ``.to()`` / ``.half()`` / ``load_state_dict``.
+Triton route, the native CPU route bit for bit the reference (float outputs included) with
+its weights prepared once, exact signs for bf16 / fp16 inputs, empty batches, and buffers
+that keep the artifact format through ``.to()`` / ``.half()`` / ``load_state_dict``.
 
 Triton runs in its interpreter on CPU (``TRITON_INTERPRET=1``, set by tests/conftest.py), on
-CUDA where there is a GPU.
+CUDA where there is a GPU; the native CPU kernels (``BNNKIT_BACKEND=cpu``) on CPU tensors.
 """
 
 from collections import Counter
@@ -18,10 +19,18 @@ from bnnkit.export import pack
 from bnnkit.export.runtime.layers import PackedConv2d, PackedLinear
 from bnnkit.kernels.kinds import InputKind, OutputKind
 from bnnkit.kernels.launch import TunedKernel
+from cpu_testing import assert_bitwise, task_split
 from kernel_testing import assert_equal, kernel_device, sign_edge_values
 
 triton = pytest.importorskip("triton")
 DEVICE = kernel_device()
+BACKENDS = ["torch", "triton", "cpu"]
+
+
+def _on(backend: str, *tensors_or_layers):
+    """Move layers / tensors to the device the backend runs on (CPU for the native kernels)."""
+    device = "cpu" if backend == "cpu" else DEVICE
+    return [t.to(device) for t in tensors_or_layers]
 
 VIEWS = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::permute", "aten::as_strided",
          "aten::select", "aten::unsqueeze", "aten::squeeze", "aten::expand", "aten::alias", "aten::_unsafe_view",
@@ -143,10 +152,59 @@ def test_one_launch_and_no_other_tensor_op_per_layer(case, monkeypatch):
         torch.testing.assert_close(got.cpu(), ref.cpu(), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-task", "threads"])
+@pytest.mark.parametrize("batch", [1, 3, 33])
+@pytest.mark.parametrize("case", list(CASES))
+def test_native_cpu_route_is_bitwise_the_reference(case, batch, split):
+    """BNNKIT_BACKEND=cpu: every layer kind (W1A16 included, which runs the reference) gives the
+    torch backend's output bit for bit, float outputs included; channels_last and plain NCHW
+    inputs and residuals alike."""
+    spec, _ = CASES[case]
+    layer = _layer(*spec).cpu()
+    args = [t.cpu() for t in (_input(layer, batch), *_residual(layer, batch))]
+    layouts = [args]
+    if args[0].dim() == 4 and args[0].is_floating_point():
+        layouts.append([t.contiguous() for t in args])  # NCHW memory, what PackedModel gives on CPU
+    for inputs in layouts:
+        with torch.no_grad():
+            with use_backend("cpu"), task_split(split):
+                got = layer(*inputs)
+            with use_backend("torch"):
+                want = layer(*inputs)
+        assert_bitwise(got, want, f"{case} batch {batch}")
+
+
+def test_native_cpu_route_prepares_each_weight_once(monkeypatch):
+    """The weights' kernel layout is derived on the first call, reused after, and derived again
+    after load_state_dict (in place, as load() does) or any other in-place write."""
+    from bnnkit.kernels import cpu_binary_conv, cpu_binary_gemm
+
+    calls = []
+    for module, name in ((cpu_binary_conv, "prepare_conv_weight"), (cpu_binary_gemm, "prepare_linear_weight")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    conv, linear = _layer("conv", "packed", "packed").cpu(), _layer("linear", "binarize", "float").cpu()
+    xc, xl = _input(conv, 2).cpu(), _input(linear, 2).cpu()
+    with torch.no_grad(), use_backend("cpu"):
+        first = conv(xc), linear(xl)
+        for _ in range(3):
+            assert torch.equal(conv(xc), first[0]) and torch.equal(linear(xl), first[1])
+        assert sorted(calls) == ["prepare_conv_weight", "prepare_linear_weight"]
+        other = _layer("linear", "binarize", "float", seed=9).cpu()
+        linear.load_state_dict(other.state_dict())
+        assert torch.equal(linear(xl), other(xl)) and not torch.equal(linear(xl), first[1])
+        conv.weight_bits[0].bitwise_not_()
+        with use_backend("torch"):
+            want = conv(xc)
+        assert torch.equal(conv(xc), want) and not torch.equal(want, first[0])
+    assert sorted(calls) == ["prepare_conv_weight", "prepare_conv_weight", "prepare_linear_weight",
+                             "prepare_linear_weight", "prepare_linear_weight"]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("kind,batch", [("linear", 1), ("linear", 20), ("conv", 2)])
 def test_half_inputs_give_the_references_bits(dtype, kind, batch):
-    """bf16 / fp16 activations binarized on load: packed outputs bit for bit on both backends."""
+    """bf16 / fp16 activations binarized on load: packed outputs bit for bit on every backend."""
     layer = _layer(kind, "binarize", "packed", seed=batch)
     shape = (batch, 70) if kind == "linear" else (batch, 20, 6, 6)
     x = sign_edge_values(shape, dtype, seed=batch).to(DEVICE)
@@ -157,32 +215,35 @@ def test_half_inputs_give_the_references_bits(dtype, kind, batch):
             want = layer(x)
         with use_backend("torch"):
             exact = layer(x.float())  # the float32 values of the same inputs
+        with use_backend("cpu"):
+            native = layer.cpu()(x.cpu())
     assert_equal(got.cpu(), want.cpu(), f"{kind} {dtype} triton vs torch")
     assert_equal(want.cpu(), exact.cpu(), f"{kind} {dtype} vs float32")
+    assert_equal(native, want.cpu(), f"{kind} {dtype} cpu vs torch")
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_empty_batch(case, backend):
     spec, _ = CASES[case]
-    layer = _layer(*spec)
+    (layer,) = _on(backend, _layer(*spec))
     with torch.no_grad(), use_backend(backend):
-        out = layer(_input(layer, 0), *_residual(layer, 0))
-        full = layer(_input(layer, 1), *_residual(layer, 1))
+        out = layer(*_on(backend, _input(layer, 0), *_residual(layer, 0)))
+        full = layer(*_on(backend, _input(layer, 1), *_residual(layer, 1)))
     assert out.shape == (0, *full.shape[1:]) and out.dtype == full.dtype
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn"])
 def test_packed_model_with_an_empty_batch(name, backend):
     """Issue 11: the trained model returns (0, 10) for an empty batch; so does the packed one."""
     torch.manual_seed(0)
     model = models.create(name).eval()
-    packed = pack(model).to(DEVICE)
+    (packed,) = _on(backend, pack(model))
     x = torch.zeros(0, 1, 8, 8)
     with torch.no_grad(), use_backend(backend):
         want = model(x)
-        got = packed(x.to(DEVICE))
+        got = packed(*_on(backend, x))
     assert got.shape == want.shape == (0, 10)
 
 
@@ -198,13 +259,14 @@ def test_buffers_keep_their_format_and_nothing_goes_stale():
                                                                    "epilogue": torch.float32}
     assert layer.thresholds.numel() == 0 and "thresholds" not in layer.state_dict()
     x = torch.randn(5, 70)
-    other = _layer("linear", "binarize", "float", seed=7).cpu()
-    with torch.no_grad(), use_backend("triton"):
-        before = other(x)
-        other.load_state_dict(layer.state_dict())  # in place: what load() does
-        assert torch.equal(other(x), layer(x)) and not torch.equal(other(x), before)
-        other.epilogue.mul_(2.0)  # filled in place after construction: what pack() does
-        assert not torch.equal(other(x), layer(x))
+    for backend in ("triton", "cpu"):
+        other = _layer("linear", "binarize", "float", seed=7).cpu()
+        with torch.no_grad(), use_backend(backend):
+            before = other(x)
+            other.load_state_dict(layer.state_dict())  # in place: what load() does
+            assert torch.equal(other(x), layer(x)) and not torch.equal(other(x), before)
+            other.epilogue.mul_(2.0)  # filled in place after construction: what pack() does
+            assert not torch.equal(other(x), layer(x))
 
 
 def test_kinds_are_one_vocabulary():
@@ -225,7 +287,7 @@ def test_op_argument_errors_name_what_is_accepted():
     with use_backend("triton"), pytest.raises(ValueError, match=r"params must be a contiguous torch.float32"):
         torch.ops.bnnkit.packed_linear(x, layer.weight_bits, layer.epilogue.double(), no_thresholds, None, 70, False,
                                        False, "float", torch.float32)
-    for backend in ("torch", "triton"):
+    for backend in BACKENDS:
         with use_backend(backend), pytest.raises(ValueError, match="out_kind must be one of float, packed, sign_int8"):
             torch.ops.bnnkit.packed_linear(x, layer.weight_bits, layer.epilogue, no_thresholds, None, 70, False,
                                            False, "acc", torch.float32)
