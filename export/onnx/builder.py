@@ -46,14 +46,15 @@ class GraphBuilder:
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self._shared:
             label = "_".join(str(v) for v in array.ravel()[:4]).replace("-", "m")
-            self._shared[key] = self.const(f"bnnkit.const.{array.dtype.name}.{label}", array)
+            self._shared[key] = self.const(f"c.{array.dtype.name}.{label}", array)  # short: referenced often
         return self._shared[key]
 
     def op(self, op_type: str, inputs: list[str], name: str, *, outputs: str | None = None, **attrs) -> str:
         """Append a node of the standard domain; returns its output's name (``outputs`` when
         given, else a fresh name derived from ``name``)."""
         out = outputs if outputs is not None else self.fresh(name)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.fresh(f"{name}.node"), **attrs))
+        # unnamed: runtimes name nodes themselves, and names would be a tenth of a small model's file
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out
 
 

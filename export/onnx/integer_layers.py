@@ -70,9 +70,10 @@ def layer_signs(layer: PackedLayer) -> np.ndarray:
 
 
 def weight_operand(b: GraphBuilder, name: str, signs: np.ndarray, dtype: int, packed: bool) -> str:
-    """``signs`` (±1, first dim = rows of bits) as a constant of ONNX type ``dtype`` (INT8 or
-    FLOAT) and the same shape: an initializer (``packed=False``) or 1-bit signs (uint8, LSB
-    first along each row flattened) unpacked by a constant subgraph (``packed=True``)."""
+    """``signs`` (±1, in the layout the op reads: OIHW for convolutions, ``(K, N)`` for
+    MatMulInteger) as a constant of ONNX type ``dtype`` (INT8 or FLOAT) and the same shape: an
+    initializer (``packed=False``), or 1-bit signs, uint8 LSB first along each row of the first
+    dim flattened, unpacked by a constant subgraph (``packed=True``)."""
     np_dtype = {TensorProto.INT8: np.int8, TensorProto.FLOAT: np.float32}[dtype]
     if not packed:
         return b.const(f"{name}.weight", signs.astype(np_dtype))
@@ -80,6 +81,8 @@ def weight_operand(b: GraphBuilder, name: str, signs: np.ndarray, dtype: int, pa
     bits = np.packbits(signs.reshape(rows, k) > 0, axis=1, bitorder="little")  # (rows, ceil(k/8))
     stored = b.const(f"{name}.weight_bits", bits)
     unpacked = unpack_sign_bits(b, name, stored, rows, k, b.shared(1, np_dtype), b.shared(-1, np_dtype))
+    if signs.ndim == 2:
+        return unpacked
     return b.op("Reshape", [unpacked, b.const(f"{name}.weight_shape", np.array(signs.shape, np.int64))],
                 f"{name}.weight")
 
@@ -255,8 +258,8 @@ def _conv_float_output(b: GraphBuilder, name: str, layer: PackedConv2d, x: str, 
         _conv_float_output_windowed(b, name, layer, x, residual, packed, output, y_scale)
         return
     signs = layer_signs(layer)  # OHWI: rows in (kh, kw, c) order, as the columns
-    w = weight_operand(b, name, signs.reshape(signs.shape[0], -1), TensorProto.INT8, packed)
-    w_kn = b.op("Transpose", [w], f"{name}.weight_kn", perm=[1, 0])
+    w_kn = weight_operand(b, name, np.ascontiguousarray(signs.reshape(signs.shape[0], -1).T), TensorProto.INT8,
+                          packed)
     columns = _im2col(b, name, layer, _binary_input(b, name, layer, x, channels_last=True))
     acc = b.op("MatMulInteger", [columns, w_kn, b.shared(BINARY_ZERO_POINT, np.uint8)], f"{name}.acc")
     res_nhwc = None if residual is None else b.op("Transpose", [residual], f"{name}.residual_nhwc",
@@ -280,24 +283,22 @@ def _linear(b: GraphBuilder, name: str, layer: PackedLinear, x: str, residual: s
             output: str) -> None:
     signs = layer_signs(layer)  # (N, K)
     if layer.input_kind == InputKind.REAL:
-        w = weight_operand(b, name, signs, TensorProto.FLOAT, packed)
-        acc = b.op("MatMul", [x, b.op("Transpose", [w], f"{name}.weight_kn", perm=[1, 0])], f"{name}.acc")
+        w_kn = weight_operand(b, name, np.ascontiguousarray(signs.T), TensorProto.FLOAT, packed)
+        acc = b.op("MatMul", [x, w_kn], f"{name}.acc")
         epilogue(b, name, acc, layer.epilogue.cpu().numpy(), layer.relu, [layer.out_features], residual, output,
                  integer=False)
         return
     codes = _binary_input(b, name, layer, x, channels_last=True)
     if layer.output_kind == OutputKind.PACKED:
         flip, bias = threshold_bias(layer.thresholds.cpu().numpy(), layer.in_features, name)
-        w = weight_operand(b, name, signs * flip[:, None], TensorProto.INT8, packed)
-        w_kn = b.op("Transpose", [w], f"{name}.weight_kn", perm=[1, 0])
+        w_kn = weight_operand(b, name, np.ascontiguousarray((signs * flip[:, None]).T), TensorProto.INT8, packed)
         acc = b.op("MatMulInteger", [codes, w_kn, b.shared(BINARY_ZERO_POINT, np.uint8)], f"{name}.acc")
         bit = b.op("GreaterOrEqual", [acc, b.const(f"{name}.threshold", (1 - bias.astype(np.int64)).astype(np.int32))],
                    f"{name}.bit")
         b.op("Where", [bit, b.shared(BINARY_ONE, np.uint8), b.shared(BINARY_MINUS_ONE, np.uint8)], f"{name}.codes",
              outputs=output)
         return
-    w = weight_operand(b, name, signs, TensorProto.INT8, packed)
-    w_kn = b.op("Transpose", [w], f"{name}.weight_kn", perm=[1, 0])
+    w_kn = weight_operand(b, name, np.ascontiguousarray(signs.T), TensorProto.INT8, packed)
     acc = b.op("MatMulInteger", [codes, w_kn, b.shared(BINARY_ZERO_POINT, np.uint8)], f"{name}.acc")
     epilogue(b, name, acc, layer.epilogue.cpu().numpy(), layer.relu, [layer.out_features], residual, output)
 
