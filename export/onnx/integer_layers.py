@@ -27,13 +27,16 @@ By what the layer writes:
   (:func:`exact_window`: ``acc / 2 + 128`` for up to 254 terms with an even channel count),
   else from ``MatMulInteger`` over an in-graph im2col in NHWC (``Pad`` with the zero point,
   one ``Slice`` per kernel tap, ``Concat``); then the packed layer's float32 epilogue folded
-  to ``clip(acc * scale + bias, lower, upper)`` (:func:`graph_epilogue`) and the residual.
+  to ``clip(acc * scale + bias, lower, upper)`` (:func:`graph_epilogue`; ``DequantizeLinear``
+  applies the per-channel scale to the integer accumulator) and the residual.
 - float output, linear: ``MatMulInteger``, then the same epilogue.
 - real-valued inputs (1w32a): a float ``Conv`` / ``MatMul`` with ±1 weights and the epilogue.
 
 Layouts: binary activations of convolutions are NHWC between layers (what the im2col reads and
-what ONNX Runtime's QLinearConv computes in); float tensors are NCHW, as in the rest of the
-graph. ONNX Runtime's layout optimizer removes the transposes that meet.
+what ONNX Runtime's QLinearConv computes in); float tensors, epilogues included, are NCHW as in
+the rest of the graph (a per-channel operand then broadcasts over whole rows: on channels-last
+data ONNX Runtime's broadcasting is several times slower). ONNX Runtime's layout optimizer
+removes the transposes that meet.
 """
 
 from __future__ import annotations
@@ -129,35 +132,40 @@ def graph_epilogue(params: np.ndarray, relu: bool) -> tuple[np.ndarray, np.ndarr
 
 
 def epilogue(b: GraphBuilder, name: str, acc: str, params: np.ndarray, relu: bool, channel_shape: list[int],
-             residual: str | None, output: str, *, integer: bool = True, code_offset: float = 0.0,
+             residual: str | None, output: str, *, integer: bool = True, code_zero_point: int | None = None,
              code_scale: float = 1.0) -> str:
-    """The packed epilogue and the residual on ``acc`` (see :func:`graph_epilogue`): ``Cast`` to
-    float32 when ``acc`` is an ``integer`` tensor, ``Mul`` the scale, ``Add`` the bias, ``Max`` /
-    ``Min`` the clamps, ``Add`` the residual; steps that are the identity are left out.
-    ``acc`` may hold ``code = acc / code_scale + code_offset`` (QLinearConv's exact uint8
-    partial sums): the scale and bias absorb the code's affine map. ``channel_shape``: how a
-    ``(C,)`` vector broadcasts against ``acc`` (``[C]`` channels last, ``[C, 1, 1]`` NCHW).
-    The last op writes ``output``."""
+    """The packed epilogue and the residual on ``acc`` (see :func:`graph_epilogue`), channels on
+    axis ``-len(channel_shape)`` (``[C]``: last, ``[C, 1, 1]``: NCHW): for an ``integer`` (int32)
+    accumulator ``DequantizeLinear`` with the per-channel scale (``acc * scale`` in one rounding,
+    as ``Cast`` then ``Mul`` but in one op), for a float one ``Mul``; then ``Add`` the bias,
+    ``Max`` / ``Min`` the clamps, ``Add`` the residual, leaving out the steps that are the
+    identity. ``acc`` may also be QLinearConv's exact uint8 ``acc / code_scale +
+    code_zero_point``: ``DequantizeLinear`` with that zero point and ``code_scale * scale``
+    (exact for a power-of-2 ``code_scale``). The last op writes ``output``."""
     scale, bias, lower, upper = graph_epilogue(params, relu)
-    if code_scale != 1.0 or code_offset != 0.0:  # acc * s + b = code * (s * k) + (b - offset * k * s)
-        s64 = scale.astype(np.float64) * code_scale
-        scale, bias = s64.astype(np.float32), (bias - code_offset * s64).astype(np.float32)
-    y = b.op("Cast", [acc], f"{name}.acc_float", to=TensorProto.FLOAT) if integer else acc
-    steps: list[tuple[str, str]] = []
-    if not np.all(scale == 1):
-        steps.append(("Mul", b.const(f"{name}.scale", scale.reshape(channel_shape))))
+    axis = -len(channel_shape)
+    steps: list[tuple[str, list[str], dict]] = []
+    if integer or code_zero_point is not None:
+        inputs = [b.const(f"{name}.scale", (scale.astype(np.float64) * code_scale).astype(np.float32))]
+        if code_zero_point is not None:
+            inputs.append(b.const(f"{name}.zero_point", np.full(scale.shape, code_zero_point, np.uint8)))
+        steps.append(("DequantizeLinear", inputs, {"axis": axis}))
+    elif not np.all(scale == 1):
+        steps.append(("Mul", [b.const(f"{name}.scale", scale.reshape(channel_shape))], {}))
     if not np.all(bias == 0):
-        steps.append(("Add", b.const(f"{name}.bias", bias.reshape(channel_shape))))
+        steps.append(("Add", [b.const(f"{name}.bias", bias.reshape(channel_shape))], {}))
     if lower is not None:
-        steps.append(("Max", b.const(f"{name}.lower", lower.reshape(channel_shape))))
+        steps.append(("Max", [b.const(f"{name}.lower", lower.reshape(channel_shape))], {}))
     if upper is not None:
-        steps.append(("Min", b.const(f"{name}.upper", upper.reshape(channel_shape))))
+        steps.append(("Min", [b.const(f"{name}.upper", upper.reshape(channel_shape))], {}))
     if residual is not None:
-        steps.append(("Add", residual))
+        steps.append(("Add", [residual], {}))
     if not steps:
-        return b.op("Identity", [y], f"{name}.y", outputs=output)
-    for i, (op_type, other) in enumerate(steps):
-        y = b.op(op_type, [y, other], f"{name}.{op_type.lower()}", outputs=output if i == len(steps) - 1 else None)
+        return b.op("Identity", [acc], f"{name}.y", outputs=output)
+    y = acc
+    for i, (op_type, others, attrs) in enumerate(steps):
+        y = b.op(op_type, [y, *others], f"{name}.{op_type.lower()}", outputs=output if i == len(steps) - 1 else None,
+                 **attrs)
     return y
 
 
@@ -248,7 +256,7 @@ def _conv_float_output_windowed(b: GraphBuilder, name: str, layer: PackedConv2d,
     code = _qlinear_conv(b, name, layer, x, layer_signs(layer), packed, y_scale, _WINDOW_ZERO_POINT, None,
                          f"{name}.acc_code")
     epilogue(b, name, code, layer.epilogue.cpu().numpy(), layer.relu, [layer.out_channels, 1, 1], residual, output,
-             code_offset=_WINDOW_ZERO_POINT, code_scale=y_scale)
+             code_zero_point=_WINDOW_ZERO_POINT, code_scale=y_scale)
 
 
 def _conv_float_output(b: GraphBuilder, name: str, layer: PackedConv2d, x: str, residual: str | None,
@@ -262,11 +270,11 @@ def _conv_float_output(b: GraphBuilder, name: str, layer: PackedConv2d, x: str, 
                           packed)
     columns = _im2col(b, name, layer, _binary_input(b, name, layer, x, channels_last=True))
     acc = b.op("MatMulInteger", [columns, w_kn, b.shared(BINARY_ZERO_POINT, np.uint8)], f"{name}.acc")
-    res_nhwc = None if residual is None else b.op("Transpose", [residual], f"{name}.residual_nhwc",
-                                                  perm=_NCHW_TO_NHWC)
-    y = epilogue(b, name, acc, layer.epilogue.cpu().numpy(), layer.relu, [layer.out_channels], res_nhwc,
-                 f"{name}.y_nhwc")
-    b.op("Transpose", [y], f"{name}.y", perm=_NHWC_TO_NCHW, outputs=output)
+    # the epilogue in NCHW: per-channel (C, 1, 1) operands broadcast over long runs (a (C,) operand
+    # on channels-last data broadcasts over runs of C values, several times slower in ONNX Runtime)
+    acc_nchw = b.op("Transpose", [acc], f"{name}.acc_nchw", perm=_NHWC_TO_NCHW)
+    epilogue(b, name, acc_nchw, layer.epilogue.cpu().numpy(), layer.relu, [layer.out_channels, 1, 1], residual,
+             output)
 
 
 def _conv_real_input(b: GraphBuilder, name: str, layer: PackedConv2d, x: str, residual: str | None,
