@@ -10,19 +10,18 @@ Two forms, both in the standard ONNX domain (opset 18 by default) with a dynamic
   packed model runs them.
 - ``ops="float"``: the trained model itself, every op in float32:
 
-- binary inputs: ``Where(x >= 0, 1, -1)`` (0 -> +1, as in training), never ONNX ``Sign``;
-- binary weights (``packed=True``): sign bits in a uint8 initializer, unpacked in-graph with
-  BitShift/BitwiseAnd and scaled by alpha (see :mod:`bnnkit.export.onnx.graph` for the format
-  and why); ``packed=False``: float initializers holding ``alpha * binarize(w)``;
-- BatchNorm stays a BatchNormalization node. In this model family it follows a ReLU (conv ->
-  ReLU -> BN), so it cannot be folded into the conv before it, and the conv after it
-  binarizes its input; onnxruntime itself folds a BN that directly follows a Conv (the
-  full-precision downsample shortcuts). Keeping it keeps one graph node per model module,
-  which makes a disagreement easy to locate.
-- everything else (stem, classifier, pooling, shortcuts) as the exporter translates it.
+  - binary inputs: ``Where(x >= 0, 1, -1)`` (0 -> +1, as in training), never ONNX ``Sign``;
+  - binary weights (``packed=True``): sign bits in a uint8 initializer, unpacked in-graph with
+    BitShift/BitwiseAnd and scaled by alpha (see :mod:`bnnkit.export.onnx.graph` for the
+    format and why); ``packed=False``: float initializers holding ``alpha * binarize(w)``;
+  - BatchNorm stays a BatchNormalization node. In this model family it follows a ReLU (conv
+    -> ReLU -> BN), so it cannot be folded into the conv before it, and the conv after it
+    binarizes its input; onnxruntime itself folds a BN that directly follows a Conv (the
+    full-precision downsample shortcuts). Keeping it keeps one graph node per model module,
+    which makes a disagreement easy to locate.
+  - everything else (stem, classifier, pooling, shortcuts) as the exporter translates it.
 
-For runtimes without integer kernels (or whose integer kernels are slower than their float
-ones) the float form is the portable one.
+  It is the form for runtimes without fast integer kernels, and for models ``pack`` refuses.
 """
 
 from __future__ import annotations
@@ -73,7 +72,8 @@ class GraphOps(str, enum.Enum):
 class OnnxExport:
     """What :func:`to_onnx` wrote.
 
-    ``fp32_param_bytes``: 4 bytes per parameter of the model (its fp32 size);
+    ``ops``: ``"integer"`` or ``"float"`` (:class:`GraphOps`); ``fp32_param_bytes``: 4 bytes per
+    parameter of the model (its fp32 size);
     ``packed_weight_bytes``: bytes of sign bits in the file (0 for ``packed=False``);
     ``verification``: ONNX Runtime (CPU) against the model on the example input, or ``None``.
     """
