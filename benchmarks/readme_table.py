@@ -54,6 +54,20 @@ def _throughput(row: dict) -> str:
     return ", ".join(parts) or "-"
 
 
+def _load_note(rows: list[dict]) -> str:
+    """The host's load average at the start of each run the rows come from (CPU figures from a
+    busy host are slower; rows of several runs may have been measured under different loads)."""
+    runs: dict[str, tuple[str, float]] = {}
+    for r in rows:
+        if r.get("load_avg") is not None:
+            runs.setdefault(r.get("run_id", ""), (r["date"][:10], r["load_avg"]))
+    if not runs:
+        return ""
+    if len({load for _, load in runs.values()}) == 1:
+        return f", load average {next(iter(runs.values()))[1]:g} at the start"
+    return ", load average at the start " + ", ".join(f"{load:g} ({date} run)" for date, load in sorted(runs.values()))
+
+
 def device_section(doc: dict) -> str:
     """Markdown for one device: a line naming it, its ceilings, and the table of its latest rows."""
     rows = latest_rows(doc["rows"])
@@ -64,8 +78,8 @@ def device_section(doc: dict) -> str:
     commits = sorted({r["commit"][:10] for r in rows})
     versions = ", ".join(f"{lib} {first[lib]}" for lib in ("torch", "triton", "onnxruntime", "cuda") if first.get(lib))
     threads = f", {first['cpu_threads']} threads" if first.get("cpu_threads") else ""
-    if first["device_type"] == "cpu" and first.get("load_avg") is not None:
-        threads += f", load average {first['load_avg']:g} at the start"
+    if first["device_type"] == "cpu":
+        threads += _load_note(rows)
     mode = "quick mode" if all(r.get("quick") for r in rows) else ("full mode" if not any(r.get("quick") for r in rows)
                                                                    else "quick and full mode")
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"

@@ -131,25 +131,30 @@ def graph_epilogue(params: np.ndarray, relu: bool) -> tuple[np.ndarray, np.ndarr
     return scale, bias, (lower if np.any(ps >= 0) else None), (upper if np.any(ps < 0) else None)
 
 
-def epilogue(b: GraphBuilder, name: str, acc: str, params: np.ndarray, relu: bool, channel_shape: list[int],
-             residual: str | None, output: str, *, integer: bool = True, code_zero_point: int | None = None,
+def epilogue(b: GraphBuilder, name: str, acc: str, params: np.ndarray, relu: bool, residual: str | None,
+             output: str, *, conv: bool, integer: bool = True, code_zero_point: int | None = None,
              code_scale: float = 1.0) -> str:
-    """The packed epilogue and the residual on ``acc`` (see :func:`graph_epilogue`), channels on
-    axis ``-len(channel_shape)`` (``[C]``: last, ``[C, 1, 1]``: NCHW): for an ``integer`` (int32)
-    accumulator ``DequantizeLinear`` with the per-channel scale (``acc * scale`` in one rounding,
-    as ``Cast`` then ``Mul`` but in one op), for a float one ``Mul``; then ``Add`` the bias,
-    ``Max`` / ``Min`` the clamps, ``Add`` the residual, leaving out the steps that are the
+    """The packed epilogue and the residual on ``acc`` (see :func:`graph_epilogue`): channels on
+    axis 1 of an NCHW ``acc`` (``conv``), else on the last axis. For an ``integer`` (int32)
+    accumulator ``DequantizeLinear`` with the per-channel scale (``acc * scale`` in one
+    rounding, as ``Cast`` then ``Mul`` but in one op), for a float one ``Mul``; then ``Add`` the
+    bias, ``Max`` / ``Min`` the clamps, ``Add`` the residual, leaving out the steps that are the
     identity. ``acc`` may also be QLinearConv's exact uint8 ``acc / code_scale +
     code_zero_point``: ``DequantizeLinear`` with that zero point and ``code_scale * scale``
-    (exact for a power-of-2 ``code_scale``). The last op writes ``output``."""
+    (exact for a power-of-2 ``code_scale``). The last op writes ``output``.
+
+    A convolution's epilogue runs on ``(N, C, H*W)``: the ``Reshape`` keeps ONNX Runtime's
+    layout optimizer from moving a transpose below it, which would leave the per-channel
+    operands broadcasting over runs of ``C`` values (channels last), several times slower."""
     scale, bias, lower, upper = graph_epilogue(params, relu)
-    axis = -len(channel_shape)
+    channels = scale.shape[0]
+    channel_shape = [channels, 1] if conv else [channels]
     steps: list[tuple[str, list[str], dict]] = []
     if integer or code_zero_point is not None:
         inputs = [b.const(f"{name}.scale", (scale.astype(np.float64) * code_scale).astype(np.float32))]
         if code_zero_point is not None:
             inputs.append(b.const(f"{name}.zero_point", np.full(scale.shape, code_zero_point, np.uint8)))
-        steps.append(("DequantizeLinear", inputs, {"axis": axis}))
+        steps.append(("DequantizeLinear", inputs, {"axis": 1 if conv else -1}))
     elif not np.all(scale == 1):
         steps.append(("Mul", [b.const(f"{name}.scale", scale.reshape(channel_shape))], {}))
     if not np.all(bias == 0):
@@ -158,15 +163,19 @@ def epilogue(b: GraphBuilder, name: str, acc: str, params: np.ndarray, relu: boo
         steps.append(("Max", [b.const(f"{name}.lower", lower.reshape(channel_shape))], {}))
     if upper is not None:
         steps.append(("Min", [b.const(f"{name}.upper", upper.reshape(channel_shape))], {}))
-    if residual is not None:
-        steps.append(("Add", [residual], {}))
-    if not steps:
-        return b.op("Identity", [acc], f"{name}.y", outputs=output)
     y = acc
-    for i, (op_type, others, attrs) in enumerate(steps):
-        y = b.op(op_type, [y, *others], f"{name}.{op_type.lower()}", outputs=output if i == len(steps) - 1 else None,
-                 **attrs)
-    return y
+    if conv and steps:
+        y = b.op("Reshape", [acc, b.shared([0, channels, -1], np.int64)], f"{name}.acc_rows")
+    for op_type, others, attrs in steps:
+        y = b.op(op_type, [y, *others], f"{name}.{op_type.lower()}", **attrs)
+    if conv and steps:
+        y = b.op("Reshape", [y, b.op("Shape", [acc], f"{name}.shape")], f"{name}.y")
+    if residual is not None:
+        return b.op("Add", [y, residual], f"{name}.add_residual", outputs=output)
+    if y == acc:
+        return b.op("Identity", [acc], f"{name}.output", outputs=output)
+    b.nodes[-1].output[0] = output  # the last op, just added, writes the layer's output
+    return output
 
 
 # --- activations ------------------------------------------------------------------------------
@@ -255,7 +264,7 @@ def _conv_float_output_windowed(b: GraphBuilder, name: str, layer: PackedConv2d,
     exactly (see :func:`exact_window`), then the epilogue on the code."""
     code = _qlinear_conv(b, name, layer, x, layer_signs(layer), packed, y_scale, _WINDOW_ZERO_POINT, None,
                          f"{name}.acc_code")
-    epilogue(b, name, code, layer.epilogue.cpu().numpy(), layer.relu, [layer.out_channels, 1, 1], residual, output,
+    epilogue(b, name, code, layer.epilogue.cpu().numpy(), layer.relu, residual, output, conv=True,
              code_zero_point=_WINDOW_ZERO_POINT, code_scale=y_scale)
 
 
@@ -270,11 +279,9 @@ def _conv_float_output(b: GraphBuilder, name: str, layer: PackedConv2d, x: str, 
                           packed)
     columns = _im2col(b, name, layer, _binary_input(b, name, layer, x, channels_last=True))
     acc = b.op("MatMulInteger", [columns, w_kn, b.shared(BINARY_ZERO_POINT, np.uint8)], f"{name}.acc")
-    # the epilogue in NCHW: per-channel (C, 1, 1) operands broadcast over long runs (a (C,) operand
-    # on channels-last data broadcasts over runs of C values, several times slower in ONNX Runtime)
+    # the epilogue in NCHW, per-channel operands broadcasting over whole rows (see epilogue())
     acc_nchw = b.op("Transpose", [acc], f"{name}.acc_nchw", perm=_NHWC_TO_NCHW)
-    epilogue(b, name, acc_nchw, layer.epilogue.cpu().numpy(), layer.relu, [layer.out_channels, 1, 1], residual,
-             output)
+    epilogue(b, name, acc_nchw, layer.epilogue.cpu().numpy(), layer.relu, residual, output, conv=True)
 
 
 def _conv_real_input(b: GraphBuilder, name: str, layer: PackedConv2d, x: str, residual: str | None,
@@ -283,8 +290,7 @@ def _conv_real_input(b: GraphBuilder, name: str, layer: PackedConv2d, x: str, re
     w = weight_operand(b, name, np.ascontiguousarray(signs.transpose(0, 3, 1, 2)), TensorProto.FLOAT, packed)
     p, s = layer.padding, layer.stride
     acc = b.op("Conv", [x, w], f"{name}.acc", pads=[p, p, p, p], strides=[s, s])
-    epilogue(b, name, acc, layer.epilogue.cpu().numpy(), layer.relu, [layer.out_channels, 1, 1], residual, output,
-             integer=False)
+    epilogue(b, name, acc, layer.epilogue.cpu().numpy(), layer.relu, residual, output, conv=True, integer=False)
 
 
 def _linear(b: GraphBuilder, name: str, layer: PackedLinear, x: str, residual: str | None, packed: bool,
@@ -293,7 +299,7 @@ def _linear(b: GraphBuilder, name: str, layer: PackedLinear, x: str, residual: s
     if layer.input_kind == InputKind.REAL:
         w_kn = weight_operand(b, name, np.ascontiguousarray(signs.T), TensorProto.FLOAT, packed)
         acc = b.op("MatMul", [x, w_kn], f"{name}.acc")
-        epilogue(b, name, acc, layer.epilogue.cpu().numpy(), layer.relu, [layer.out_features], residual, output,
+        epilogue(b, name, acc, layer.epilogue.cpu().numpy(), layer.relu, residual, output, conv=False,
                  integer=False)
         return
     codes = _binary_input(b, name, layer, x, channels_last=True)
@@ -308,7 +314,7 @@ def _linear(b: GraphBuilder, name: str, layer: PackedLinear, x: str, residual: s
         return
     w_kn = weight_operand(b, name, np.ascontiguousarray(signs.T), TensorProto.INT8, packed)
     acc = b.op("MatMulInteger", [codes, w_kn, b.shared(BINARY_ZERO_POINT, np.uint8)], f"{name}.acc")
-    epilogue(b, name, acc, layer.epilogue.cpu().numpy(), layer.relu, [layer.out_features], residual, output)
+    epilogue(b, name, acc, layer.epilogue.cpu().numpy(), layer.relu, residual, output, conv=False)
 
 
 def expand_packed_layer(b: GraphBuilder, node: onnx.NodeProto, layer: PackedLayer, name: str, packed: bool) -> None:

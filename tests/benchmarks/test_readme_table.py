@@ -57,3 +57,15 @@ def test_cpu_section_names_threads_and_load(tmp_path):
     text = readme_table.generate(str(tmp_path))
     assert text.startswith("**AMD EPYC** (cpu, 2 threads, load average 3.5 at the start), measured 2026-03-01")
     assert "full mode." in text and "No suite besides the ceilings has recorded rows on this device yet." in text
+
+
+def test_cpu_section_names_the_load_of_each_run_it_shows(tmp_path):
+    rows = [{**r, "device": "AMD EPYC", "device_type": "cpu", "cpu_threads": 2, "load_avg": 0.5, "quick": False}
+            for r in gpu_rows()]
+    later = {"date": "2026-03-02T10:00:00+00:00", "run_id": "r2", "load_avg": 11.5}
+    rows += [{**r, **later, "suite": "onnx"} for r in rows if r["suite"] == "gemm"]
+    write_json(str(tmp_path / "cpu.json"), {"format": recording.RESULTS_FORMAT, "version": 1, "device": "AMD EPYC",
+                                           "rows": rows})
+    text = readme_table.generate(str(tmp_path))
+    assert text.startswith("**AMD EPYC** (cpu, 2 threads, load average at the start 0.5 (2026-03-01 run), "
+                           "11.5 (2026-03-02 run)), measured 2026-03-01 to 2026-03-02")
