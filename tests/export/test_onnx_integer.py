@@ -18,7 +18,8 @@ from torch import nn
 import bnnkit
 from bnnkit import models
 from bnnkit.cli import main
-from bnnkit.export import OnnxExportError, to_onnx
+from bnnkit.backend import use_backend
+from bnnkit.export import OnnxExportError, pack, to_onnx
 from bnnkit.export.onnx import run_onnxruntime
 from bnnkit.export.onnx.integer_layers import IntegerLoweringError, exact_window, graph_epilogue, threshold_bias
 from bnnkit.export.validation import Float64Reference, compare_outputs
@@ -44,6 +45,19 @@ def agrees_with_float64(model: nn.Module, path: str, x: torch.Tensor):
     return compare_outputs(reference.run(x), run_onnxruntime(path, x), explain=reference.explain)
 
 
+def agrees_with_packed(model: nn.Module, path: str, x: torch.Tensor):
+    """The integer graph against the packed model it was built from (``pack``, pure-PyTorch
+    kernels): the same sign thresholds and exact integer accumulators, so the same top-1 and
+    logits within the validation tolerance. Both binarize in float32 in their own order, so a
+    difference is allowed only where a near-tie of the float64 model explains it."""
+    packed = pack(model, input_shape=tuple(x.shape[1:])).eval()
+    with torch.no_grad(), use_backend("torch"):
+        want = packed(x)
+    reference = Float64Reference(model)
+    reference.run(x)  # records the near-ties that explain() may flip
+    return compare_outputs(want, run_onnxruntime(path, x), explain=reference.explain)
+
+
 @pytest.mark.parametrize("name", sorted(SMALL_INPUT))
 def test_integer_ops_compute_every_binary_layer_of_the_zoo(name, zoo_exports):
     exported = zoo_exports(name)
@@ -55,6 +69,16 @@ def test_integer_ops_compute_every_binary_layer_of_the_zoo(name, zoo_exports):
     assert counts.get("Conv", 0) == sum(type(m) is nn.Conv2d for m in modules)
     assert counts.get("Gemm", 0) + counts.get("MatMul", 0) == sum(type(m) is nn.Linear for m in modules)
     assert exported.info.ops == "integer" and exported.info.verification.ok
+
+
+# every kind of zoo block (MLP, plain CNN, CIFAR ResNet with option-A shortcuts, Bi-Real, VGG,
+# ImageNet ResNet with 1x1 shortcuts); resnet34 and resnet18_cifar repeat them and take
+# long to pack, so they are checked against float64 only (above).
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn", "resnet20", "resnet20_bireal", "vgg_small", "resnet18"])
+def test_integer_graph_computes_what_the_packed_model_computes(name, zoo_exports):
+    exported = zoo_exports(name)
+    result = agrees_with_packed(exported.model, exported.path, inputs_with_zeros(3, SMALL_INPUT[name], seed=8))
+    assert result.ok, result
 
 
 @pytest.mark.parametrize("name", ["digits_mlp", "resnet20", "resnet18"])
@@ -82,6 +106,8 @@ def test_random_model_integer_graph_is_exact(seed, tmp_path):
     info = to_onnx(rm.model, tmp_path / "m.onnx", x[:2])
     assert info.verification.ok
     result = agrees_with_float64(rm.model, info.path, x)
+    assert result.ok, (seed, rm.description, result)
+    result = agrees_with_packed(rm.model, info.path, x)
     assert result.ok, (seed, rm.description, result)
 
 
