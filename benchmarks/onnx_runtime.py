@@ -1,5 +1,17 @@
-"""Suite "onnx": the exported graph in onnxruntime against torch eager, and its weight formats.
+"""Suite "onnx": the exported graphs in onnxruntime against the float32 model, torch eager, and
+their weight formats.
 
+- ``onnx/binary_vs_fp32``: the binary graph in both forms (``to_onnx(ops="integer")`` and
+  ``ops="float"``) against the float32 graph of the same architecture (BinaryConv2d /
+  BinaryLinear replaced by nn.Conv2d / nn.Linear with the same weights, exported by
+  ``torch.onnx.export``), in ONNX Runtime's CPU provider, at 1 thread and at torch's thread
+  count: resnet20 at batch 1 and 64, resnet18 at 224x224 and batch 1 and 8, digits_mlp and
+  digits_cnn at batch 1 and 64 (quick mode: resnet20 only). The three sessions run
+  interleaved, round after round in a rotating order; each row's speedup is the median of
+  the per-round ratios (p20-p80 in ``ratio_p20`` / ``ratio_p80``), and ``load_avg_1min`` is the
+  host's load when the comparison started.
+- ``onnx/graph_size``: file size and session creation time (median of interleaved creations)
+  of the three graphs.
 - ``onnx/latency``: digits_mlp and resnet20 at batch 1 and 64: torch eager vs onnxruntime on
   the same model (CPU always; on a CUDA device, torch on CUDA vs the CUDA execution provider
   when onnxruntime has it). onnxruntime gets as many threads as torch. Two torch rows: the
@@ -29,10 +41,15 @@ import numpy as np
 import torch
 
 from bnnkit.benchmarks.registry import BenchContext, case
-from bnnkit.benchmarks.timing import time_cpu, time_fn
+from bnnkit.benchmarks.timing import time_cpu, time_cpu_interleaved, time_fn
 
 MODELS = {"digits_mlp": (1, 8, 8), "resnet20": (3, 32, 32)}
 BATCHES = (1, 64)
+# binary_vs_fp32: model -> (input shape, batches)
+COMPARED = {"resnet20": ((3, 32, 32), (1, 64)), "resnet18": ((3, 224, 224), (1, 8)),
+            "digits_mlp": ((1, 8, 8), (1, 64)), "digits_cnn": ((1, 8, 8), (1, 64))}
+QUICK_COMPARED = ("resnet20",)
+GRAPHS = ("onnx_fp32", "binary_float_ops", "binary_integer_ops")  # the first is the baseline
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,24 +65,141 @@ def _model(name: str) -> torch.nn.Module:
     return models.create(name).eval()
 
 
+def _input_shape(name: str) -> tuple[int, ...]:
+    return COMPARED[name][0] if name in COMPARED else MODELS[name]
+
+
 @functools.lru_cache(maxsize=None)
-def _exported(name: str, packed: bool) -> str:
+def _exported(name: str, packed: bool, ops: str = "float") -> str:
+    """``to_onnx`` of the zoo model ``name`` (random weights and BatchNorm statistics)."""
     from bnnkit.export import to_onnx
 
-    path = os.path.join(_workdir(), f"{name}-{'bits' if packed else 'float'}.onnx")
-    to_onnx(_model(name), path, torch.randn(2, *MODELS[name]), packed=packed)
+    path = os.path.join(_workdir(), f"{name}-{ops}-{'bits' if packed else 'unpacked'}.onnx")
+    to_onnx(_model(name), path, torch.randn(2, *_input_shape(name)), packed=packed, ops=ops)
     return path
 
 
-def _session(path: str, provider: str = "CPUExecutionProvider", extra: dict[str, str] | None = None):
+def float32_architecture(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every BinaryConv2d / BinaryLinear replaced by the nn.Conv2d /
+    nn.Linear of the same shape and weights: the float32 model of the same architecture."""
+    import copy
+
+    from torch import nn
+
+    from bnnkit.nn.layers import BinaryConv2d, BinaryLinear
+
+    plain = copy.deepcopy(model).cpu().float().eval()
+    for name, module in list(plain.named_modules()):
+        if type(module) is BinaryConv2d:
+            new = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                            module.padding, module.dilation, module.groups, module.bias is not None)
+        elif type(module) is BinaryLinear:
+            new = nn.Linear(module.in_features, module.out_features, module.bias is not None)
+        else:
+            continue
+        new.load_state_dict(module.state_dict())
+        parent_name, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent_name) if parent_name else plain, child, new)
+    return plain.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _fp32_graph(name: str) -> str:
+    """The float32 model of ``name``'s architecture exported by ``torch.onnx.export`` (opset 18,
+    dynamic batch), as a user would export a float model."""
+    import logging
+    import warnings
+
+    path = os.path.join(_workdir(), f"{name}-fp32.onnx")
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(float32_architecture(_model(name)), (torch.randn(2, *_input_shape(name)),), path,
+                              dynamo=True, opset_version=18, input_names=["input"], output_names=["output"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+    finally:
+        logger.setLevel(level)
+    return path
+
+
+def _graph_path(name: str, graph: str) -> str:
+    if graph == "onnx_fp32":
+        return _fp32_graph(name)
+    return _exported(name, True, "integer" if graph == "binary_integer_ops" else "float")
+
+
+def _session(path: str, provider: str = "CPUExecutionProvider", extra: dict[str, str] | None = None,
+             threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     for key, value in (extra or {}).items():
         options.add_session_config_entry(key, value)
     providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
     return ort.InferenceSession(path, options, providers=providers)
+
+
+def _thread_counts() -> tuple[int, ...]:
+    return tuple(sorted({1, torch.get_num_threads()}))
+
+
+@case("onnx", "binary_vs_fp32", devices=("cpu",))
+def binary_vs_fp32(ctx: BenchContext) -> list[dict]:
+    rows = []
+    for name in QUICK_COMPARED if ctx.quick else tuple(COMPARED):
+        shape, batches = COMPARED[name]
+        paths = {graph: _graph_path(name, graph) for graph in GRAPHS}
+        for threads in _thread_counts():
+            sessions = {graph: _session(path, threads=threads) for graph, path in paths.items()}
+            for batch in batches:
+                x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+                load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+                runs = {graph: functools.partial(s.run, None, {s.get_inputs()[0].name: x})
+                        for graph, s in sessions.items()}
+                timings = time_cpu_interleaved(runs, warmup=2, reps=5 if ctx.quick else 15)
+                base = timings[GRAPHS[0]]["samples_ms"]
+                for graph in GRAPHS:
+                    t = timings[graph]
+                    row = {"case": "binary_vs_fp32", "model": name, "threads": str(threads),
+                           "shape": [batch, *shape], "dtype": "float32" if graph == "onnx_fp32" else "1bit",
+                           "impl": graph, **{k: v for k, v in t.items() if k != "samples_ms"},
+                           "load_avg_1min": load, "file_bytes": os.path.getsize(paths[graph])}
+                    if graph != GRAPHS[0]:
+                        ratios = sorted(b / g for b, g in zip(base, t["samples_ms"]))
+                        q = np.quantile(ratios, [0.2, 0.5, 0.8])
+                        row.update({f"speedup_vs_{GRAPHS[0]}": float(q[1]), "ratio_p20": float(q[0]),
+                                    "ratio_p80": float(q[2])})
+                    rows.append(row)
+    return rows
+
+
+@case("onnx", "graph_size", devices=("cpu",))
+def graph_size(ctx: BenchContext) -> list[dict]:
+    """File size and session creation time (ONNX Runtime folds the bit unpacking then)."""
+    import time
+
+    rows = []
+    for name in QUICK_COMPARED if ctx.quick else tuple(COMPARED):
+        paths = {graph: _graph_path(name, graph) for graph in GRAPHS}
+        created: dict[str, list[float]] = {graph: [] for graph in GRAPHS}
+        for _ in range(3 if ctx.quick else 7):
+            for graph, path in paths.items():
+                t0 = time.perf_counter()
+                _session(path, threads=1)
+                created[graph].append((time.perf_counter() - t0) * 1e3)
+        fp32_params = 4 * sum(p.numel() for p in _model(name).parameters())
+        for graph in GRAPHS:
+            q = np.quantile(created[graph], [0.2, 0.5, 0.8])
+            rows.append({"case": "graph_size", "model": name, "shape": list(COMPARED[name][0]),
+                         "dtype": "float32" if graph == "onnx_fp32" else "1bit", "impl": graph,
+                         "median_ms": float(q[1]), "p20_ms": float(q[0]), "p80_ms": float(q[2]), "timer": "cpu",
+                         "what": "session creation", "file_bytes": os.path.getsize(paths[graph]),
+                         "compression_vs_fp32": fp32_params / os.path.getsize(paths[graph])})
+    return rows
 
 
 def _row(name: str, batch: int, impl: str, timing: dict[str, float], **extra) -> dict:
@@ -83,7 +217,8 @@ def latency(ctx: BenchContext) -> list[dict]:
     for name in MODELS:
         model = _model(name).to(ctx.device)
         constant_weights = inference_model(_model(name), packed=False).to(ctx.device)
-        session = _session(_exported(name, True), provider) if provider in ort.get_available_providers() else None
+        session = (_session(_exported(name, True, "integer"), provider)
+                   if provider in ort.get_available_providers() else None)
         for batch in BATCHES:
             x = torch.randn(batch, *MODELS[name])
             xd = x.to(ctx.device)
@@ -111,7 +246,7 @@ def _int2_variant(name: str) -> str:
 
     from bnnkit.export.onnx.modules import binary_weights, inference_model
 
-    graph = onnx.load(_exported(name, False))
+    graph = onnx.load(_exported(name, False, "float"))
     graph = onnx.version_converter.convert_version(graph, 25)
     inits = {i.name: i for i in graph.graph.initializer}
     nodes = []
@@ -158,7 +293,8 @@ def weight_format(ctx: BenchContext) -> list[dict]:
     rows = []
     for name in ("resnet20",) if ctx.quick else tuple(MODELS):  # quick: the model the choice was made on
         fp32_bytes = 4 * sum(p.numel() for p in _model(name).parameters())
-        variants = {"float_weights": lambda: _exported(name, False), "sign_bits": lambda: _exported(name, True),
+        variants = {"float_weights": lambda: _exported(name, False, "float"),
+                    "sign_bits": lambda: _exported(name, True, "float"),
                     "int2_dequantize": lambda: _int2_variant(name)}
         for variant, make in variants.items():
             try:

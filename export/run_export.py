@@ -27,7 +27,7 @@ from bnnkit.inputs import InputSpec
 
 from .layout import ONNX_FILE, RUN_FILES, TRAINED_DIR
 from .runtime.model import PackedModel
-from .onnx import OnnxExport, to_onnx
+from .onnx import GraphOps, OnnxExport, to_onnx
 from .packing import pack
 from .runtime.sizes import artifact_bytes, is_packed_artifact
 
@@ -118,14 +118,15 @@ def export_artifact_bytes(run_dir: str, model: torch.nn.Module | None = None,
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = False,
-               overwrite: bool = False) -> RunExport:
+               overwrite: bool = False, onnx_ops: str = "integer") -> RunExport:
     """Export the best model of the training run ``run_dir`` (``bnnkit train --out``) to ``out``:
     the packed artifact, a copy of the trained model, and with ``onnx=True`` the ONNX graph
-    (packed weights, verified in ONNX Runtime). An existing ``out`` is replaced only with
-    ``overwrite=True``."""
+    (packed weights, verified in ONNX Runtime; ``onnx_ops``: ``"integer"`` or ``"float"``, see
+    :func:`~bnnkit.export.to_onnx`). An existing ``out`` is replaced only with ``overwrite=True``."""
     from bnnkit.train.checkpoint import model_from_run_files, read_run_files
 
     run_dir = os.fspath(run_dir)
+    onnx_ops = GraphOps.parse(onnx_ops).value  # a bad value fails before any work
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
     _check_destination(run_dir, os.fspath(out), overwrite)
@@ -141,7 +142,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool
             with open(os.path.join(staging, TRAINED_DIR, name), "wb") as f:
                 f.write(run_files[name])
         onnx_info = to_onnx(model, os.path.join(staging, ONNX_FILE), onnx_example_input(input_shape),
-                            input_spec=spec) if onnx else None
+                            input_spec=spec, ops=onnx_ops) if onnx else None
         packed.write_files(staging)  # last: its manifest lists every file of the directory with its SHA-256
         packed_bytes = artifact_bytes(staging)
     directory = os.path.abspath(os.fspath(out))

@@ -8,6 +8,8 @@
       bits uint8 [N, B] -> Unsqueeze(-1) -> BitShift(RIGHT, [0..7]) -> BitwiseAnd(1)  # [N, B, 8]
       -> Reshape [N, 8B] -> Slice [:, :K] -> Cast(bool) -> Where(bit, scale, -scale) -> Reshape(shape)
 
+  (:func:`bnnkit.export.onnx.builder.unpack_sign_bits`, shared with the integer graph.)
+
   BitwiseAnd needs opset 18. onnxruntime constant-folds this subgraph at session start.
 
 Why uint8 bits unpacked in-graph rather than INT2 weights with DequantizeLinear, measured with
@@ -32,18 +34,14 @@ The cost of bits: session memory holds float weights, as for an unpacked graph.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
+from .builder import GraphBuilder, unpack_sign_bits
 from .modules import PACKED_SIGNS_DOMAIN, PACKED_SIGNS_OP
-
-_SHIFTS = "bnnkit.bit_shifts"
-_ONE = "bnnkit.bit_one"
-_LAST_AXIS = "bnnkit.axis_last"
-_ZERO = "bnnkit.zero"
-_AXIS1 = "bnnkit.axis_1"
-
 
 def binarize_translation(x):
     """onnxscript translation of ``bnnkit_export::binarize``: ``Where(x >= 0, 1, -1)`` in x's type."""
@@ -54,86 +52,56 @@ def binarize_translation(x):
     return op.Where(op.GreaterOrEqual(x, zero), one, op.Neg(one))
 
 
-def _shared_initializers(used: set[str]) -> list[TensorProto]:
-    import numpy as np
-
-    values = {_SHIFTS: np.arange(8, dtype=np.uint8), _ONE: np.array(1, dtype=np.uint8),
-              _LAST_AXIS: np.array([-1], dtype=np.int64), _ZERO: np.array([0], dtype=np.int64),
-              _AXIS1: np.array([1], dtype=np.int64)}
-    return [numpy_helper.from_array(v, name) for name, v in values.items() if name in used]
+Expansion = Callable[[GraphBuilder, onnx.NodeProto], None]
 
 
-def _unpack_nodes(node: onnx.NodeProto, taken: set[str]) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    import numpy as np
+def expand_placeholders(model: onnx.ModelProto, domain: str, op_type: str, expand: Expansion) -> int:
+    """Replace every ``domain::op_type`` node of ``model``'s main graph (in place) by the standard
+    ops ``expand(builder, node)`` appends to the builder (they read the node's inputs and write
+    its outputs); drops ``domain`` from the opset imports. Returns how many were replaced.
+    Raises if such a node is left inside an ONNX function."""
+    graph = model.graph
+    taken = {n for node in graph.node for n in (*node.input, *node.output, node.name)}
+    taken |= {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
+    builder = GraphBuilder(taken)
+    new_nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in graph.node:
+        if node.domain == domain and node.op_type == op_type:
+            start = len(builder.nodes)
+            expand(builder, node)
+            new_nodes += builder.nodes[start:]
+            count += 1
+        else:
+            new_nodes.append(node)
+    leftover = [f.name for f in model.functions if any(n.domain == domain for n in f.node)]
+    if leftover:
+        raise RuntimeError(f"{domain}::{op_type} nodes inside ONNX functions {leftover} cannot be expanded; this is a "
+                           "bnnkit bug")
+    if count:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        graph.initializer.extend(builder.initializers)
+    kept = [o for o in model.opset_import if o.domain != domain]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return count
 
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    shape = [int(s) for s in attrs["shape"]]
-    n, k = shape[0], math.prod(shape[1:])
-    width = 8 * ((k + 7) // 8)
+
+def _expand_packed_signs(b: GraphBuilder, node: onnx.NodeProto) -> None:
+    shape = [int(s) for s in helper.get_attribute_value(next(a for a in node.attribute if a.name == "shape"))]
     bits, scale = node.input
-    p = bits.removesuffix("_bits")  # the layer's weight name, e.g. "layer1.0.conv1.weight"
-    if p in taken:  # the exporter shares one initializer between layers with equal bits
-        p = f"{p}.{node.output[0]}"
-    taken.add(p)
-    out = p  # the consumers are renamed to read the unpacked weight under the layer's name
-    inits = [numpy_helper.from_array(np.array([n, width], dtype=np.int64), f"{p}.flat_shape")]
-    nodes = [
-        helper.make_node("Unsqueeze", [bits, _LAST_AXIS], [f"{p}.bytes"]),
-        helper.make_node("BitShift", [f"{p}.bytes", _SHIFTS], [f"{p}.shifted"], direction="RIGHT"),
-        helper.make_node("BitwiseAnd", [f"{p}.shifted", _ONE], [f"{p}.bits"]),
-        helper.make_node("Reshape", [f"{p}.bits", f"{p}.flat_shape"], [f"{p}.flat"]),
-    ]
-    flat = f"{p}.flat"
-    if width != k:  # drop the zero padding bits of the last byte
-        inits.append(numpy_helper.from_array(np.array([k], dtype=np.int64), f"{p}.k"))
-        nodes.append(helper.make_node("Slice", [flat, _ZERO, f"{p}.k", _AXIS1], [f"{p}.valid"]))
-        flat = f"{p}.valid"
-    nodes += [
-        helper.make_node("Cast", [flat], [f"{p}.positive"], to=TensorProto.BOOL),
-        helper.make_node("Neg", [scale], [f"{p}.neg_scale"]),
-    ]
-    if len(shape) == 2:
-        nodes.append(helper.make_node("Where", [f"{p}.positive", scale, f"{p}.neg_scale"], [out]))
-    else:
-        inits.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), f"{p}.shape"))
-        nodes += [helper.make_node("Where", [f"{p}.positive", scale, f"{p}.neg_scale"], [f"{p}.signs"]),
-                  helper.make_node("Reshape", [f"{p}.signs", f"{p}.shape"], [out])]
-    return nodes, inits
+    name = bits.removesuffix("_bits")  # the layer's weight name, e.g. "layer1.0.conv1.weight"
+    negative = b.op("Neg", [scale], f"{name}.neg_scale")
+    signs = unpack_sign_bits(b, name, bits, shape[0], math.prod(shape[1:]), scale, negative)
+    b.op("Reshape", [signs, b.const(f"{name}.shape", np.array(shape, np.int64))], f"{name}.unpacked",
+         outputs=node.output[0])
 
 
 def expand_packed_signs(model: onnx.ModelProto) -> int:
     """Replace every ``bnnkit::PackedSigns`` node of ``model`` (in place) by standard ONNX ops;
-    returns how many were replaced. Raises if one is left inside a subgraph or function."""
-    graph = model.graph
-    new_nodes: list[onnx.NodeProto] = []
-    count = 0
-    taken: set[str] = set()
-    renamed: dict[str, str] = {}
-    for node in graph.node:
-        if node.domain == PACKED_SIGNS_DOMAIN and node.op_type == PACKED_SIGNS_OP:
-            nodes, inits = _unpack_nodes(node, taken)
-            renamed[node.output[0]] = nodes[-1].output[0]
-            new_nodes += nodes
-            graph.initializer.extend(inits)
-            count += 1
-        else:
-            for i, name in enumerate(node.input):
-                if name in renamed:
-                    node.input[i] = renamed[name]
-            new_nodes.append(node)
-    if any(o.name in renamed for o in graph.output):
-        raise RuntimeError("a packed weight is a graph output; this is a bnnkit bug")
-    leftover = [f.name for f in model.functions if any(n.domain == PACKED_SIGNS_DOMAIN for n in f.node)]
-    if leftover:
-        raise RuntimeError(f"packed weights inside ONNX functions {leftover} cannot be expanded; this is a bnnkit bug")
-    if count:
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        graph.initializer.extend(_shared_initializers({i for n in new_nodes for i in n.input}))
-    kept = [o for o in model.opset_import if o.domain != PACKED_SIGNS_DOMAIN]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
-    return count
+    returns how many were replaced."""
+    return expand_placeholders(model, PACKED_SIGNS_DOMAIN, PACKED_SIGNS_OP, _expand_packed_signs)
 
 
 def strip_metadata(model: onnx.ModelProto) -> None:

@@ -51,20 +51,21 @@ class Exported:
 
 @pytest.fixture(scope="session")
 def zoo_exports(tmp_path_factory):
-    """Every zoo model with random BatchNorm statistics, exported packed once (lazily)."""
+    """Every zoo model with random BatchNorm statistics, exported packed once per graph form
+    (``ops="integer"``, the default, or ``"float"``), lazily."""
     from bnnkit.export import to_onnx
 
     directory = tmp_path_factory.mktemp("zoo_onnx")
-    cache: dict[str, Exported] = {}
+    cache: dict[tuple[str, str], Exported] = {}
 
-    def get(name: str) -> Exported:
-        if name not in cache:
+    def get(name: str, ops: str = "integer") -> Exported:
+        if (name, ops) not in cache:
             torch.manual_seed(0)
             model = randomize_batchnorm(models.create(name), seed=1)
-            path = str(directory / f"{name}.onnx")
-            info = to_onnx(model, path, inputs_with_zeros(2, SMALL_INPUT[name], seed=2))
-            cache[name] = Exported(name, model, path, info)
-        return cache[name]
+            path = str(directory / f"{name}-{ops}.onnx")
+            info = to_onnx(model, path, inputs_with_zeros(2, SMALL_INPUT[name], seed=2), ops=ops)
+            cache[name, ops] = Exported(name, model, path, info)
+        return cache[name, ops]
 
     return get
 

@@ -1,4 +1,6 @@
-"""ONNX export: onnxruntime reproduces every zoo model, binarizes 0 to +1, packs weights to bits."""
+"""ONNX export, both graph forms: onnxruntime reproduces every zoo model, binarizes 0 to +1,
+packs weights to bits; the float form's own structure. The integer form's own properties:
+test_onnx_integer.py."""
 
 import math
 
@@ -10,6 +12,7 @@ from torch import nn
 import bnnkit
 from bnnkit import models
 from bnnkit.export import OnnxExportError, UnsupportedLayerError, to_onnx
+from bnnkit.export.validation import Float64Reference
 from bnnkit.export.validation.compare import compare_outputs
 from bnnkit.export.onnx import run_onnxruntime
 from bnnkit.export.onnx.graph import op_types
@@ -20,25 +23,27 @@ from bnnkit.nn import BinaryConv2d, BinaryLinear
 from .conftest import SMALL_INPUT, inputs_with_zeros, randomize_batchnorm
 
 
+@pytest.mark.parametrize("ops", ["integer", "float"])
 @pytest.mark.parametrize("name", sorted(SMALL_INPUT))
-def test_onnxruntime_matches_every_zoo_model(name, zoo_exports):
-    exported = zoo_exports(name)
+def test_onnxruntime_matches_every_zoo_model(name, ops, zoo_exports):
+    exported = zoo_exports(name, ops)
     graph = onnx.load(exported.path)
     onnx.checker.check_model(graph, full_check=True)
-    ops = op_types(graph)
-    assert "Sign" not in ops
-    assert {"BitShift", "BitwiseAnd", "GreaterOrEqual", "Where"} <= ops
+    used = op_types(graph)
+    assert "Sign" not in used
+    assert {"BitShift", "BitwiseAnd", "GreaterOrEqual", "Where"} <= used  # bits unpacked, inputs binarized
+    assert {o.domain for o in graph.opset_import} <= {"", "ai.onnx"}  # no custom domain
+    assert {m.key: m.value for m in graph.metadata_props}["bnnkit.ops"] == ops
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
     for batch, seed in ((1, 10), (4, 11)):  # both batch sizes on the one file
         x = inputs_with_zeros(batch, SMALL_INPUT[name], seed)
-        with torch.no_grad():
-            expected = exported.model(x)
-        result = compare_outputs(expected, run_onnxruntime(exported.path, x))
+        reference = Float64Reference(exported.model)
+        result = compare_outputs(reference.run(x), run_onnxruntime(exported.path, x), explain=reference.explain)
         assert result.ok, (name, batch, result)
-        assert result.top1_agreement == 1.0
 
 
-def test_zero_binarizes_to_plus_one_in_onnxruntime(tmp_path):
+@pytest.mark.parametrize("ops", ["integer", "float"])
+def test_zero_binarizes_to_plus_one_in_onnxruntime(tmp_path, ops):
     # All layers binary: the input itself is binarized, so exact zeros meet the binarization.
     net = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Linear(5, 3, bias=False))
     bnnkit.binarize(net, keep_first=False, keep_last=False, scale="none")
@@ -46,7 +51,7 @@ def test_zero_binarizes_to_plus_one_in_onnxruntime(tmp_path):
         net[0].weight.copy_(torch.eye(5, 6) - 0.1)
     x = torch.tensor([[0.0, -0.0, 1.0, -1.0, 0.0, 2.0], [0.0] * 6])
     path = str(tmp_path / "zeros.onnx")
-    to_onnx(net, path, x)
+    to_onnx(net, path, x, ops=ops)
     out = run_onnxruntime(path, x)
     assert torch.equal(out, net.eval()(x).detach())
     # binarize([0, -0, 1, -1, 0, 2]) = [1, 1, 1, -1, 1, 1]; with ONNX Sign the zeros would give 0.
@@ -54,28 +59,31 @@ def test_zero_binarizes_to_plus_one_in_onnxruntime(tmp_path):
     assert torch.equal(out, bnnkit.functional.binarize(signs @ net[0].quantized_weight().T) @ net[1].quantized_weight().T)
 
 
-def test_packed_file_is_much_smaller_than_fp32(tmp_path, zoo_exports):
-    exported = zoo_exports("resnet20")
+@pytest.mark.parametrize("ops", ["integer", "float"])
+def test_packed_file_is_much_smaller_than_fp32(tmp_path, zoo_exports, ops):
+    exported = zoo_exports("resnet20", ops)
     fp32_bytes = 4 * sum(p.numel() for p in exported.model.parameters())
     assert exported.info.file_bytes * 10 <= fp32_bytes, exported.info
     assert exported.info.packed_weight_bytes == sum(math.ceil(m.weight[0].numel() / 8) * m.out_channels
                                                     for m in exported.model.modules() if isinstance(m, BinaryConv2d))
 
 
-def test_unpacked_graph_has_float_weights_and_the_same_outputs(tmp_path, zoo_exports):
-    exported = zoo_exports("digits_mlp")
+def test_unpacked_float_graph_has_float_weights_and_the_same_outputs(tmp_path, zoo_exports):
+    exported = zoo_exports("digits_mlp", "float")
     fp32_bytes = 4 * sum(p.numel() for p in exported.model.parameters())
-    plain = to_onnx(exported.model, tmp_path / "plain.onnx", inputs_with_zeros(2, (1, 8, 8), 3), packed=False)
+    plain = to_onnx(exported.model, tmp_path / "plain.onnx", inputs_with_zeros(2, (1, 8, 8), 3), packed=False,
+                    ops="float")
     assert plain.file_bytes >= fp32_bytes and plain.packed_weight_bytes == 0  # float weights: no compression
     assert plain.file_bytes >= 8 * exported.info.file_bytes
-    ops = op_types(onnx.load(plain.path))
-    assert "BitShift" not in ops and "Sign" not in ops
+    used = op_types(onnx.load(plain.path))
+    assert "BitShift" not in used and "Sign" not in used and "MatMulInteger" not in used
     x = inputs_with_zeros(3, (1, 8, 8), 4)
     assert compare_outputs(run_onnxruntime(plain.path, x), run_onnxruntime(exported.path, x), tolerance=0).ok
 
 
+@pytest.mark.parametrize("ops", ["integer", "float"])
 @pytest.mark.parametrize("scale", ["tensor", "channel", "none"])
-def test_converted_model_odd_shapes_and_scales(tmp_path, scale):
+def test_converted_model_odd_shapes_and_scales(tmp_path, scale, ops):
     # K = 3 * 3 * 3 = 27 and 5 * 4 * 4 = 80 - 5 etc.: bit counts that are not whole bytes.
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(5),
@@ -84,19 +92,24 @@ def test_converted_model_odd_shapes_and_scales(tmp_path, scale):
     bnnkit.binarize(net, keep_first=False, scale=scale)
     randomize_batchnorm(net, seed=5)
     x = inputs_with_zeros(4, (3, 8, 8), 6)
-    info = to_onnx(net, tmp_path / "net.onnx", x)
+    info = to_onnx(net, tmp_path / "net.onnx", x, ops=ops)
     assert info.binary_weights == 5 * 27 + 7 * 45 + 13 * 112
     assert "Slice" in op_types(onnx.load(info.path))
     y = inputs_with_zeros(1, (3, 8, 8), 7)
-    assert compare_outputs(net(y), run_onnxruntime(info.path, y)).ok
-    # The ONNX reference implementation reads the packed subgraph the same way (the spec, not one runtime).
+    reference = Float64Reference(net)
+    assert compare_outputs(reference.run(y), run_onnxruntime(info.path, y), explain=reference.explain).ok
+    # The ONNX reference implementation computes the same (the spec, not one runtime); it implements
+    # DequantizeLinear from opset 19 on, so the integer graph is exported at opset 21 for it.
     from onnx.reference import ReferenceEvaluator
 
+    if ops == "integer":
+        info = to_onnx(net, tmp_path / "net21.onnx", x, ops=ops, opset=21)
     reference_out = ReferenceEvaluator(info.path).run(None, {"input": y.numpy()})[0]
-    assert compare_outputs(net(y), torch.from_numpy(reference_out)).ok
+    assert compare_outputs(reference.run(y), torch.from_numpy(reference_out), explain=reference.explain).ok
 
 
-def test_a32_layers_shared_layers_and_3d_inputs(tmp_path):
+@pytest.mark.parametrize("ops", ["integer", "float"])
+def test_a32_layers_shared_layers_and_3d_inputs(tmp_path, ops):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -111,25 +124,28 @@ def test_a32_layers_shared_layers_and_3d_inputs(tmp_path):
     net = Net().eval()
     x = torch.randn(3, 5, 6)
     x[:, 0] = 0
-    info = to_onnx(net, tmp_path / "net.onnx", x)
-    assert info.binary_weights == 6 * 8 + 8 * 8  # the shared layer is stored once
+    info = to_onnx(net, tmp_path / "net.onnx", x, ops=ops)
+    assert info.binary_weights == 6 * 8 + 8 * 8  # the shared layer is counted once
     y = torch.randn(1, 5, 6)
-    assert compare_outputs(net(y), run_onnxruntime(info.path, y)).ok
+    reference = Float64Reference(net)
+    assert compare_outputs(reference.run(y), run_onnxruntime(info.path, y), explain=reference.explain).ok
     assert net.training is False and isinstance(net.shared, BinaryLinear)  # model left as it was
 
 
-def test_model_is_left_unchanged(tmp_path):
+@pytest.mark.parametrize("ops", ["integer"])  # the float form copies the model the same way
+def test_model_is_left_unchanged(tmp_path, ops):
     model = models.create("digits_mlp", hidden=32)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    to_onnx(model, tmp_path / "m.onnx", torch.randn(2, 1, 8, 8))
+    to_onnx(model, tmp_path / "m.onnx", torch.randn(2, 1, 8, 8), ops=ops)
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_opset_above_18(tmp_path):
+@pytest.mark.parametrize("ops", ["integer", "float"])
+def test_opset_above_18(tmp_path, ops):
     model = randomize_batchnorm(models.create("digits_cnn", channels=4), seed=0)
-    info = to_onnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 8, 8), opset=20)
+    info = to_onnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 8, 8), opset=20, ops=ops)
     graph = onnx.load(info.path)
     assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [20]
     assert info.verification.ok
@@ -179,6 +195,8 @@ def test_bad_arguments(tmp_path):
         to_onnx(lambda x: x, tmp_path / "x.onnx", torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match=r"fails on example_input of shape \(1, 1, 9, 9\)"):
         to_onnx(model, tmp_path / "x.onnx", torch.zeros(1, 1, 9, 9))  # the model takes 8x8 inputs
+    with pytest.raises(ValueError, match="ops must be one of 'integer', 'float', got 'int8'"):
+        to_onnx(model, tmp_path / "x.onnx", torch.zeros(1, 1, 8, 8), ops="int8")
     assert not list(tmp_path.iterdir())
 
 
@@ -193,10 +211,11 @@ def test_exporter_failure_names_the_root_cause(tmp_path):
         to_onnx(Untraceable(), tmp_path / "x.onnx", torch.randn(2, 3))
 
 
-def test_a_file_that_disagrees_with_the_model_is_an_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ops", ["integer", "float"])
+def test_a_file_that_disagrees_with_the_model_is_an_error(tmp_path, monkeypatch, ops):
     import bnnkit.export.onnx.export as onnx_export
 
     real = onnx_export.run_onnxruntime
     monkeypatch.setattr(onnx_export, "run_onnxruntime", lambda path, x: real(path, x) + 1.0)  # same top-1
     with pytest.raises(OnnxExportError, match="onnxruntime disagrees with the model on the example input"):
-        to_onnx(models.create("digits_mlp", hidden=16), tmp_path / "m.onnx", torch.randn(2, 1, 8, 8))
+        to_onnx(models.create("digits_mlp", hidden=16), tmp_path / "m.onnx", torch.randn(2, 1, 8, 8), ops=ops)
