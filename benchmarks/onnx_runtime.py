@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from bnnkit.benchmarks.registry import BenchContext, case
-from bnnkit.benchmarks.timing import time_cpu, time_cpu_interleaved, time_fn
+from bnnkit.benchmarks.timing import ratio_quantiles, time_cpu, time_fn, time_interleaved
 
 MODELS = {"digits_mlp": (1, 8, 8), "resnet20": (3, 32, 32)}
 BATCHES = (1, 64)
@@ -160,19 +160,17 @@ def binary_vs_fp32(ctx: BenchContext) -> list[dict]:
                 load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
                 runs = {graph: functools.partial(s.run, None, {s.get_inputs()[0].name: x})
                         for graph, s in sessions.items()}
-                timings = time_cpu_interleaved(runs, warmup=2, reps=5 if ctx.quick else 15)
-                base = timings[GRAPHS[0]]["samples_ms"]
+                timings, samples = time_interleaved(runs, warmup=2, reps=5 if ctx.quick else 15)
                 for graph in GRAPHS:
                     t = timings[graph]
                     row = {"case": "binary_vs_fp32", "model": name, "threads": str(threads),
                            "shape": [batch, *shape], "dtype": "float32" if graph == "onnx_fp32" else "1bit",
-                           "impl": graph, **{k: v for k, v in t.items() if k != "samples_ms"},
+                           "impl": graph, **t,
                            "load_avg_1min": load, "file_bytes": os.path.getsize(paths[graph])}
                     if graph != GRAPHS[0]:
-                        ratios = sorted(b / g for b, g in zip(base, t["samples_ms"]))
-                        q = np.quantile(ratios, [0.2, 0.5, 0.8])
-                        row.update({f"speedup_vs_{GRAPHS[0]}": float(q[1]), "ratio_p20": float(q[0]),
-                                    "ratio_p80": float(q[2])})
+                        q = ratio_quantiles(samples[GRAPHS[0]], samples[graph])
+                        row.update({f"speedup_vs_{GRAPHS[0]}": q["median"], "ratio_p20": q["p20"],
+                                    "ratio_p80": q["p80"]})
                     rows.append(row)
     return rows
 

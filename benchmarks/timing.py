@@ -52,27 +52,32 @@ def time_cpu(fn: Callable[[], object], warmup: int = 3, reps: int = 20) -> dict:
 
 def time_interleaved(fns: dict[str, Callable[[], object]], reps: int = 20, warmup: int = 2
                      ) -> tuple[dict[str, dict], dict[str, list[float]]]:
-    """Time several CPU functions in alternation: sample ``i`` of every function, then sample
-    ``i + 1`` of every function, so that a change in the machine's load (a shared machine)
-    falls on all of them alike. Returns ``({name: timing dict}, {name: samples in ms})``; the
-    samples of one index are paired, so ratios can be taken sample by sample.
+    """Time several CPU functions side by side: ``reps`` rounds, each taking one sample of every
+    function, in an order that rotates from round to round, so that a change in the machine's
+    load (a shared machine) falls on all of them alike. Returns ``({name: timing dict}, {name:
+    samples in ms, in round order})``; the samples of one round are paired, so ratios can be
+    taken round by round (:func:`ratio_quantiles`).
 
     A sample is one call, or the mean of several when one call takes less than
     :data:`MIN_CPU_SAMPLE_MS` (the count is fixed per function from its last warm-up call).
     """
-    if warmup < 1 or reps < 1:
-        raise ValueError(f"time_interleaved needs warmup >= 1 and reps >= 1, got warmup={warmup}, reps={reps}")
+    if warmup < 1 or reps < 1 or not fns:
+        raise ValueError(f"time_interleaved needs functions, warmup >= 1 and reps >= 1, got {len(fns)} functions, "
+                         f"warmup={warmup}, reps={reps}")
+    names = list(fns)
     calls = {}
-    for name, fn in fns.items():
+    for name in names:
+        fn = fns[name]
         for _ in range(warmup - 1):
             fn()
         t0 = time.perf_counter()
         fn()
         one_ms = (time.perf_counter() - t0) * 1e3
         calls[name] = max(1, math.ceil(MIN_CPU_SAMPLE_MS / one_ms)) if one_ms > 0 else 1000
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(reps):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             t0 = time.perf_counter()
             for _ in range(calls[name]):
                 fn()
@@ -84,38 +89,6 @@ def ratio_quantiles(numerator: list[float], denominator: list[float]) -> dict[st
     """Median and 20th / 80th percentiles of the paired ratios ``numerator[i] / denominator[i]``."""
     q = quantiles([a / b for a, b in zip(numerator, denominator)])
     return {"median": q["median_ms"], "p20": q["p20_ms"], "p80": q["p80_ms"]}
-
-
-def time_cpu_interleaved(fns: dict[str, Callable[[], object]], warmup: int = 2, reps: int = 15) -> dict[str, dict]:
-    """Time several functions side by side: ``reps`` rounds, each taking one sample of every
-    function, in an order that rotates from round to round, so that a change in the host's
-    load affects them alike and per-round ratios cancel it.
-
-    A sample is the mean of the same number of back-to-back calls for every function (enough
-    for the fastest one to last :data:`MIN_CPU_SAMPLE_MS`). Returns per name the timing dict
-    of :func:`time_cpu` plus ``samples_ms``, the samples in round order.
-    """
-    if warmup < 1 or reps < 1 or not fns:
-        raise ValueError(f"time_cpu_interleaved needs functions, warmup >= 1 and reps >= 1, got {len(fns)} functions, "
-                         f"warmup={warmup}, reps={reps}")
-    names = list(fns)
-    fastest_ms = math.inf
-    for name in names:
-        for _ in range(warmup - 1):
-            fns[name]()
-        t0 = time.perf_counter()
-        fns[name]()
-        fastest_ms = min(fastest_ms, (time.perf_counter() - t0) * 1e3)
-    calls = max(1, math.ceil(MIN_CPU_SAMPLE_MS / fastest_ms)) if fastest_ms > 0 else 1000
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(reps):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            fn = fns[name]
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            samples[name].append((time.perf_counter() - t0) * 1e3 / calls)
-    return {name: {**_quantiles(ms), "timer": "cpu", "samples_ms": ms} for name, ms in samples.items()}
 
 
 def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> dict:
