@@ -92,26 +92,27 @@ def run_input_spec(run_dir: str, config: dict) -> InputSpec | None:
 
 
 def export_artifact_bytes(run_dir: str, model: torch.nn.Module | None = None,
-                          config: dict | None = None) -> dict[str, int]:
+                          config: dict | None = None, onnx_ops: str = "integer") -> dict[str, int]:
     """The bytes of the packed artifact (``model.safetensors`` + ``manifest.json``) that
     :func:`export_run` writes for ``run_dir``: ``{"export": ..., "export_onnx": ...}``, without
     and with ``onnx=True``. The manifest lists every file of the export directory with its
-    SHA-256, so its size depends on them (``trained/``, ``model.onnx``); this packs the run
-    and saves it with the same files listed (a placeholder for ``model.onnx``, whose size does
-    not matter). ``model`` and ``config``: ``load_run(run_dir)``'s, when already loaded."""
+    size and SHA-256, so its own size depends on them (``trained/``, ``model.onnx``): this packs
+    the run and writes the same files, the ONNX graph included, into a temporary directory.
+    ``model`` and ``config``: ``load_run(run_dir)``'s, when already loaded."""
     from bnnkit.train import load_run
 
     if model is None or config is None:
         model, config = load_run(run_dir)
+    spec = run_input_spec(run_dir, config)
+    input_shape = tuple(config["input_shape"])
     packed = pack(model, architecture={"name": config["model"], "kwargs": config["model_kwargs"]},
-                  input_shape=tuple(config["input_shape"]), input_spec=run_input_spec(run_dir, config))
+                  input_shape=input_shape, input_spec=spec)
     trained = {f"{TRAINED_DIR}/{name}": os.path.join(run_dir, name) for name in RUN_FILES}
     sizes = {}
     with tempfile.TemporaryDirectory() as tmp:
-        placeholder = os.path.join(tmp, "placeholder.onnx")
-        with open(placeholder, "wb") as f:
-            f.write(b"onnx")
-        for key, listed in (("export", trained), ("export_onnx", {**trained, ONNX_FILE: placeholder})):
+        graph = os.path.join(tmp, ONNX_FILE)
+        to_onnx(model, graph, onnx_example_input(input_shape), input_spec=spec, ops=onnx_ops)
+        for key, listed in (("export", trained), ("export_onnx", {**trained, ONNX_FILE: graph})):
             packed.save(os.path.join(tmp, key), extra_files=listed)
             sizes[key] = artifact_bytes(os.path.join(tmp, key))
     return sizes
