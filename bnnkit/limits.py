@@ -10,14 +10,15 @@ A file bnnkit reads (an export, a run, an image) cannot make it use more than th
   Checked by running the graph on PyTorch's meta device (no memory) at load for a batch of 1
   of the manifest's ``input_shape`` and before the first real batch of every new input shape;
 - ``image_pixels``: pixels of an image file, decoded and after the resize of the input spec
-  (2**26 = 67,108,864, about an 8192 x 8192 image), checked from the image header before
-  decoding.
+  (2**26 = 67,108,864, an 8192 x 8192 image), checked from the image header before
+  decoding (Pillow's own limit, ``2 * PIL.Image.MAX_IMAGE_PIXELS``, about 179 million, still
+  applies above it).
 
 Fixed bounds (not configurable): JSON files at most 16 MiB (:data:`bnnkit.reading.MAX_JSON_BYTES`),
 a safetensors header at most 16 MiB, a graph literal (one node's arguments) at most 256 values
 nested at most 6 deep, strings in a graph at most 256 characters.
 
-Raise a bound for one process with ``BNNKIT_LIMITS`` (``BNNKIT_LIMITS=activation_factor=1024,image_pixels=300000000``)
+Raise a bound for one process with ``BNNKIT_LIMITS`` (``BNNKIT_LIMITS=activation_factor=1024,image_pixels=150000000``)
 or in Python with :func:`use_limits` (``with bnnkit.limits.use_limits(graph_nodes=50_000): ...``).
 """
 
