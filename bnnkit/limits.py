@@ -2,7 +2,9 @@
 
 A file bnnkit reads (an export, a run, an image) cannot make it use more than these:
 
-- ``graph_nodes``: nodes of a packed graph (10,000; the zoo's largest has 48);
+- ``graph_nodes``: nodes of a packed graph (1,000; the zoo's largest has 48). Loading costs
+  time linear in the nodes, most of it the meta-device dry run below (PyTorch's meta kernels
+  cost a fraction of a millisecond per op), so this bound also bounds a load's time;
 - ``activation_factor`` and ``activation_floor_bytes``: the tensors a packed graph holds
   alive at once during a forward pass of a batch of ``N`` may take at most
   ``activation_floor_bytes + activation_factor * (N * input bytes of one sample + bytes of the
@@ -19,7 +21,7 @@ a safetensors header at most 16 MiB, a graph literal (one node's arguments) at m
 nested at most 6 deep, strings in a graph at most 256 characters.
 
 Raise a bound for one process with ``BNNKIT_LIMITS`` (``BNNKIT_LIMITS=activation_factor=1024,image_pixels=150000000``)
-or in Python with :func:`use_limits` (``with bnnkit.limits.use_limits(graph_nodes=50_000): ...``).
+or in Python with :func:`use_limits` (``with bnnkit.limits.use_limits(graph_nodes=5_000): ...``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ ENV_VAR = "BNNKIT_LIMITS"
 class Limits:
     """The configurable bounds (see the module docstring)."""
 
-    graph_nodes: int = 10_000
+    graph_nodes: int = 1_000
     activation_factor: float = 512.0
     activation_floor_bytes: int = 64 << 20
     image_pixels: int = 1 << 26
