@@ -29,7 +29,7 @@ from bnnkit.data import DatasetSplits, load_dataset, make_loader
 from bnnkit.nn.layers import binary_layers
 from bnnkit.schedule import OSchedule
 from bnnkit.train import checkpoint as ckpt
-from bnnkit.train import distributed, rundir
+from bnnkit.train import distributed, environment, rundir
 from bnnkit.train.config import AMP_DTYPES, TrainConfig, lr_at, peak_lr
 from bnnkit.train.distributed import DistributedContext
 from bnnkit.train.indicators import estimating_error_tensor, gradient_stability_tensor, run_indicators
@@ -303,6 +303,7 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
     start_epoch, best, history = 0, {"test_acc": -1.0, "epoch": -1}, []
     best_state: dict[str, torch.Tensor] = {}
     scaler_state = None
+    running_in = environment.current(device.type)
     checkpoint = rundir.read_checkpoint_if_any(run_dir, model, optimizer) if resume else None
     if checkpoint is not None:
         ckpt.load_state(model, checkpoint.model_state, os.path.join(run_dir, ckpt.CHECKPOINT_FILE))
@@ -313,6 +314,9 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
         done = (f"{run_dir} finished all {config.epochs} epochs already; nothing to train"
                 if start_epoch >= config.epochs else f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
         log(f"{done} (best test accuracy {best['test_acc']:.4f} at epoch {best['epoch'] + 1})")
+        changed = environment.difference(progress_state.environment, running_in)
+        if changed and start_epoch < config.epochs:
+            log(changed)
     elif resume:
         log(f"{run_dir} has no finished epoch: training from the beginning")
     context.barrier()  # every process has read the checkpoint before rank 0 rewrites the files
@@ -360,7 +364,7 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
         history.append(row)
         if writer is not None:
             scaler = None if precision.scaler is None else precision.scaler.state_dict()
-            progress_now = ckpt.Progress(epoch, best, list(history), recorded.to_json(), scaler)
+            progress_now = ckpt.Progress(epoch, best, list(history), recorded.to_json(), scaler, running_in)
             writer.save_epoch(model, optimizer, progress_now, best_state, config_json(best) if new_best else None)
         epochs_bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
                                best=f"{best['test_acc']:.4f}")
