@@ -2,7 +2,9 @@
 
 A file bnnkit reads (an export, a run, an image) cannot make it use more than these:
 
-- ``graph_nodes``: nodes of a packed graph (10,000; the zoo's largest has 48);
+- ``graph_nodes``: nodes of a packed graph (1,000; the zoo's largest has 48). Loading costs
+  time linear in the nodes, most of it the meta-device dry run below (PyTorch's meta kernels
+  cost a fraction of a millisecond per op), so this bound also bounds a load's time;
 - ``activation_factor`` and ``activation_floor_bytes``: the tensors a packed graph holds
   alive at once during a forward pass of a batch of ``N`` may take at most
   ``activation_floor_bytes + activation_factor * (N * input bytes of one sample + bytes of the
@@ -10,15 +12,16 @@ A file bnnkit reads (an export, a run, an image) cannot make it use more than th
   Checked by running the graph on PyTorch's meta device (no memory) at load for a batch of 1
   of the manifest's ``input_shape`` and before the first real batch of every new input shape;
 - ``image_pixels``: pixels of an image file, decoded and after the resize of the input spec
-  (2**26 = 67,108,864, about an 8192 x 8192 image), checked from the image header before
-  decoding.
+  (2**26 = 67,108,864, an 8192 x 8192 image), checked from the image header before
+  decoding (Pillow's own limit, ``2 * PIL.Image.MAX_IMAGE_PIXELS``, about 179 million, still
+  applies above it).
 
 Fixed bounds (not configurable): JSON files at most 16 MiB (:data:`bnnkit.reading.MAX_JSON_BYTES`),
 a safetensors header at most 16 MiB, a graph literal (one node's arguments) at most 256 values
 nested at most 6 deep, strings in a graph at most 256 characters.
 
-Raise a bound for one process with ``BNNKIT_LIMITS`` (``BNNKIT_LIMITS=activation_factor=1024,image_pixels=300000000``)
-or in Python with :func:`use_limits` (``with bnnkit.limits.use_limits(graph_nodes=50_000): ...``).
+Raise a bound for one process with ``BNNKIT_LIMITS`` (``BNNKIT_LIMITS=activation_factor=1024,image_pixels=150000000``)
+or in Python with :func:`use_limits` (``with bnnkit.limits.use_limits(graph_nodes=5_000): ...``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ ENV_VAR = "BNNKIT_LIMITS"
 class Limits:
     """The configurable bounds (see the module docstring)."""
 
-    graph_nodes: int = 10_000
+    graph_nodes: int = 1_000
     activation_factor: float = 512.0
     activation_floor_bytes: int = 64 << 20
     image_pixels: int = 1 << 26

@@ -3,6 +3,7 @@ into a run, holds it with a lock no file deletion undoes, range-checks every che
 before any work, and every failure is one line, never a traceback."""
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -143,6 +144,11 @@ CRAFTED_HEADERS = {
     "scaler scale negative": (_swap("grad_scaler", {"scale": -1.0, "growth_factor": 2.0, "backoff_factor": 0.5,
                                                     "growth_interval": 2000, "_growth_tracker": 0}), "scale must be"),
     "kind": (_swap("kind", "something"), "has kind 'something'"),
+    "environment threads 0": (lambda s: s["environment"].update(threads=0), "environment.threads must be an integer"),
+    "environment a hostile string": (lambda s: s["environment"].update(torch="x" * 100 + "\n__import__('os')"),
+                                     "environment.torch must be a string of at most 64"),
+    "environment unknown field": (lambda s: s["environment"].update(loader="os.system"),
+                                  "environment has unknown field"),
 }
 
 
@@ -177,6 +183,45 @@ def test_every_checkpoint_field_is_range_checked_before_any_work(run, capsys, ca
 
     assert code == 2 and re.search(match, one_line(err)), err
     assert _snapshot(run) == before
+
+
+def test_a_resume_in_another_environment_says_so_in_one_line_and_goes_on(tmp_path, capsys):
+    """Each checkpoint records the thread count and versions that wrote it; --resume with
+    others (float results depend on them) prints one line naming each difference and trains
+    on; in the same environment it prints none."""
+    from safetensors import safe_open
+
+    from bnnkit.train import environment
+    from bnnkit.train.checkpoint import _HEADER_KEY
+
+    out = tmp_path / "run"
+    creates = []
+
+    def stop_at_the_second_checkpoint(event, path):
+        if event == "create" and ".checkpoint.safetensors." in path:
+            creates.append(path)
+            if len(creates) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    previous = set_write_hook(stop_at_the_second_checkpoint)
+    try:
+        assert cli(["train", "--out", str(out), "--epochs", "3", *TRAIN], capsys)[0] == 2
+    finally:
+        set_write_hook(previous)
+    with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
+        recorded = json.loads(f.metadata()[_HEADER_KEY])["environment"]
+    assert recorded == environment.current("cpu")
+    elsewhere = dict(recorded, threads=recorded["threads"] + 7, torch="0.0.1-elsewhere")
+    rewrite_checkpoint_header(out / "checkpoint.safetensors", lambda s: s.update(environment=elsewhere))
+    code, printed, err = cli(["train", "--out", str(out), "--epochs", "3", "--resume", *TRAIN], capsys)
+    assert code == 0, err
+    notes = [line for line in (printed + err).splitlines() if "different environment" in line]
+    assert len(notes) == 1, printed + err
+    assert f"threads {recorded['threads'] + 7} -> {recorded['threads']}" in notes[0]
+    assert f"torch '0.0.1-elsewhere' -> {recorded['torch']!r}" in notes[0] and "numpy" not in notes[0]
+    # the checkpoints written since record this process's environment: the next resume is quiet
+    with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()[_HEADER_KEY])["environment"] == recorded
 
 
 def test_every_range_is_checked_before_any_work(tmp_path, capsys):

@@ -76,13 +76,16 @@ class Progress:
     ``epoch``: the last finished epoch (0-based); ``best``: ``{"test_acc", "epoch"}`` of the
     best epoch so far; ``metrics``: the ``metrics.jsonl`` rows of epochs ``0..epoch``;
     ``train``: the run's :meth:`TrainConfig.to_json`; ``grad_scaler``: the fp16 gradient
-    scaler's state (None without one)."""
+    scaler's state (None without one); ``environment``: what the process that finished the
+    epoch ran with (:func:`bnnkit.train.environment.current`: threads, versions; None when
+    not recorded), which ``--resume`` compares with its own."""
 
     epoch: int
     best: dict[str, Any]
     metrics: list[dict[str, Any]]
     train: dict[str, Any]
     grad_scaler: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
 
 
 def _tensor_digest(tensors: dict[str, torch.Tensor], header: str) -> str:

@@ -17,6 +17,7 @@ import torch
 
 from bnnkit import schema
 from bnnkit.errors import ArtifactError
+from bnnkit.train import environment
 from bnnkit.train.config import MAX_EPOCHS
 
 MAX_CLASSES = 1_000_000
@@ -181,7 +182,8 @@ def progress_fields(state: dict[str, Any], where: str) -> dict[str, Any]:
         if row.get("epoch") != i:
             raise ArtifactError(f"{where}: metrics[{i}] is for epoch {schema.show(row.get('epoch'))}, not {i}")
     return {"epoch": epoch, "best": best, "metrics": metrics, "train": train,
-            "grad_scaler": _grad_scaler(state.get("grad_scaler"), f"{where}: grad_scaler")}
+            "grad_scaler": _grad_scaler(state.get("grad_scaler"), f"{where}: grad_scaler"),
+            "environment": environment.check(state.get("environment"), f"{where}: environment")}
 
 
 def expected_checkpoint_table(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None

@@ -29,7 +29,7 @@ from bnnkit.data import DatasetSplits, load_dataset, make_loader
 from bnnkit.nn.layers import binary_layers
 from bnnkit.schedule import OSchedule
 from bnnkit.train import checkpoint as ckpt
-from bnnkit.train import distributed, rundir
+from bnnkit.train import distributed, environment, rundir
 from bnnkit.train.config import AMP_DTYPES, TrainConfig, lr_at, peak_lr
 from bnnkit.train.distributed import DistributedContext
 from bnnkit.train.indicators import estimating_error_tensor, gradient_stability_tensor, run_indicators
@@ -69,32 +69,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-ENVIRONMENT_FIELDS = ("threads", "torch", "cpu", "cpu_capability")
-"""What every metrics row records of where its epoch ran, besides ``world_size``: the float
-summation order, hence the last bits of the trajectory, depends on each of them."""
-
-
-def run_environment() -> dict[str, Any]:
-    """PyTorch's CPU threads, torch's version, the CPU model and the CPU kernels ATen dispatches
-    to (``ATEN_CPU_CAPABILITY``): :data:`ENVIRONMENT_FIELDS`."""
-    from bnnkit.benchmarks.environment import cpu_name
-
-    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu_name(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-
-
-def environment_change(before: dict[str, Any], now: dict[str, Any]) -> str | None:
-    """One line saying how ``now`` differs from the environment ``before`` recorded (a metrics
-    row), or None when it does not (or ``before`` recorded none, as runs of bnnkit 0.1)."""
-    diffs = [f"{key} {before[key]} -> {now[key]}" for key in ENVIRONMENT_FIELDS
-             if key in before and before[key] != now[key]]
-    if not diffs:
-        return None
-    return (f"note: this resume runs with {', '.join(diffs)}: the remaining epochs are computed in another float "
-            "summation order and may end differently from the uninterrupted run (exact with the same threads "
-            "and torch build; --threads sets the thread count)")
 
 
 @contextlib.contextmanager
@@ -347,6 +321,7 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
     start_epoch, best, history = 0, {"test_acc": -1.0, "epoch": -1}, []
     best_state: dict[str, torch.Tensor] = {}
     scaler_state = None
+    running_in = environment.current(device.type)
     checkpoint = rundir.read_checkpoint_if_any(run_dir, model, optimizer) if resume else None
     if checkpoint is not None:
         ckpt.load_state(model, checkpoint.model_state, os.path.join(run_dir, ckpt.CHECKPOINT_FILE))
@@ -357,10 +332,9 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
         done = (f"{run_dir} finished all {config.epochs} epochs already; nothing to train"
                 if start_epoch >= config.epochs else f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
         log(f"{done} (best test accuracy {best['test_acc']:.4f} at epoch {best['epoch'] + 1})")
-        change = environment_change(history[-1], run_environment()) if history and start_epoch < config.epochs \
-            else None
-        if change:
-            log(change)
+        changed = environment.difference(progress_state.environment, running_in)
+        if changed and start_epoch < config.epochs:
+            log(changed)
     elif resume:
         log(f"{run_dir} has no finished epoch: training from the beginning")
     context.barrier()  # every process has read the checkpoint before rank 0 rewrites the files
@@ -381,7 +355,6 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
     progress = config.progress and main
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
                       disable=not progress or start_epoch >= config.epochs, initial=start_epoch, total=config.epochs)
-    environment = run_environment()
     for epoch in epochs_bar:
         started = time.perf_counter()
         torch.manual_seed(context.rank_seed(epoch_seed(config.seed, epoch)))
@@ -397,7 +370,7 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
         context.sync_buffers(model)
         test_loss, test_acc = evaluate(model, test_loader, device, context)
         row = {"epoch": epoch, "lr": lr, "o": o, **stats, "test_loss": test_loss, "test_acc": test_acc,
-               "time_s": time.perf_counter() - started, "world_size": context.world_size, **environment}
+               "time_s": time.perf_counter() - started, "world_size": context.world_size, **running_in}
         _check_finite(row, epoch, config)
         new_best = test_acc > best["test_acc"]
         if new_best:
@@ -409,7 +382,7 @@ def _train_epochs(config: TrainConfig, recorded: TrainConfig, context: Distribut
         history.append(row)
         if writer is not None:
             scaler = None if precision.scaler is None else precision.scaler.state_dict()
-            progress_now = ckpt.Progress(epoch, best, list(history), recorded.to_json(), scaler)
+            progress_now = ckpt.Progress(epoch, best, list(history), recorded.to_json(), scaler, running_in)
             writer.save_epoch(model, optimizer, progress_now, best_state, config_json(best) if new_best else None)
         epochs_bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.4f}",
                                best=f"{best['test_acc']:.4f}")

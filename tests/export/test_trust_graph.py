@@ -15,7 +15,7 @@ from torch import fx, nn
 
 from bnnkit.artifacts import ArtifactError
 from bnnkit.export import load, pack
-from bnnkit.limits import use_limits
+from bnnkit.limits import limits as limits_in_force, use_limits
 
 from hostile import cli, edit_json, hostile_strings, one_line, reseal_export, small_model
 
@@ -296,6 +296,12 @@ def measured(tmp_path_factory):
         cases.append((name, str(directory), limits))
 
     craft("20000 nodes", lambda m: _chain(m, 20_000))
+    chain = root / "nodes_at_the_bound"  # no tensors: a graph of tensor functions
+    pack(_AddOne(), input_shape=(4,)).save(chain)
+    m = _manifest(chain)
+    _chain(m, limits_in_force().graph_nodes)
+    _write(chain, m)
+    cases.append(("nodes at the bound", str(chain), {}))
     for name, value in LITERALS.items():
         craft(f"literal {name}", lambda m, v=value: m["graph"]["nodes"][3]["args"].append(v))
     for name, specs in ALLOCATION_BOMBS.items():
@@ -312,10 +318,14 @@ def measured(tmp_path_factory):
 
 
 def test_a_graph_over_the_node_bound_is_refused_at_once(measured):
-    """20,000 nodes (twice the default bound) are refused in well under a second."""
+    """20,000 nodes (20 times the default bound) are refused in well under a second; a graph
+    at the bound loads (its time is linear in the nodes: see test_load_is_linear_in_the_graph)."""
     result = measured["20000 nodes"]
     assert result["outcome"].startswith("REFUSED") and "graph_nodes" in result["outcome"], result
-    assert result["seconds"] < 1.0 and result["growth_mb"] < 200, result
+    # 0.13-0.54 s measured at load average 9-14 on 2 cores (the quadratic loader: 47 s); the
+    # margin is for a loaded CI machine
+    assert result["seconds"] < 3.0 and result["growth_mb"] < 200, result
+    assert measured["nodes at the bound"]["outcome"] == "LOADED", measured["nodes at the bound"]
 
 
 def _calls_to_load(directory) -> int:
