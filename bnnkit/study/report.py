@@ -166,11 +166,19 @@ def section(record: dict[str, Any]) -> str:
     load = f", load average {record['load_avg']:g} at the start" if record.get("load_avg") is not None else ""
     warmup = f"{spec.warmup_epochs}-epoch warm-up, " if spec.warmup_epochs else ""
     resumed = record.get("resumed_runs", 0)
-    carried = f" ({resumed} of them continued from an interrupted invocation)" if resumed else ""
-    return (f"**{record['device']}** ({record['device_type']}, {record['jobs']} runs at a time, "
-            f"{record['threads_per_job']} thread each{load}), measured {record['date'][:10]} at commit "
-            f"{record['commit'][:10]}; {versions}; {len(record['runs'])} runs in {record['wall_s'] / 60:.1f} "
-            f"min{carried}. "
+    times = [r["time_s"] for r in record["runs"]]
+    if resumed:
+        # the invocation that wrote the record read back (or continued) runs of earlier ones, made under
+        # other loads and numbers of runs at a time: its own load and wall time say little about them
+        how = (f"{record['threads_per_job']} thread each; {resumed} of the {len(times)} runs read back or "
+               f"continued from earlier invocations, whose load and runs at a time varied")
+        cost = (f"the runs took {min(times):.0f}-{max(times):.0f} s each ({sum(times) / 60:.0f} min in all) on the "
+                "shared machine")
+    else:
+        how = f"{record['jobs']} runs at a time, {record['threads_per_job']} thread each{load}"
+        cost = f"{len(times)} runs in {record['wall_s'] / 60:.1f} min"
+    return (f"**{record['device']}** ({record['device_type']}, {how}), recorded {record['date'][:10]} at commit "
+            f"{record['commit'][:10]}; {versions}; {cost}. "
             f"Recipe: {spec.epochs} epoch{'s' if spec.epochs > 1 else ''} of batch {spec.batch_size}, SGD lr {spec.lr:g} (momentum "
             f"{spec.momentum:g}, weight decay {spec.weight_decay:g}), {warmup}{spec.lr_schedule} lr schedule, "
             f"t = {spec.t:g} for ReSTE and {spec.clipped_ste_t:g} for the clipped STE (the paper's STE); seeds "
