@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
         description="The main job on the embedded default: train digits_mlp (1-bit weights and activations) on "
                     "scikit-learn's handwritten digits with the ReSTE recipe, print its summary, export it "
                     "(the packed model and an ONNX graph with packed weights), and validate the packed model "
-                    "(Triton kernels on GPU, PyTorch elsewhere) and the ONNX graph in ONNX Runtime against the "
+                    "(Triton kernels on GPU, the native CPU kernels on CPU) and the ONNX graph in ONNX Runtime against the "
                     "trained model, then save a few held-out digits as PNG files and predict them with the packed "
                     "model (bnnkit predict). Everything goes to --out (default: a new temporary directory). Exits "
                     "with 1 when validation fails.",

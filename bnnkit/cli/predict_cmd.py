@@ -22,8 +22,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="an export directory (bnnkit export RUN_DIR --out DIR)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or .npy arrays")
     p.add_argument("--runtime", default="packed", choices=PREDICT_RUNTIMES,
-                   help="which model of the export runs: packed (default; Triton kernels on GPU, PyTorch "
-                        "elsewhere), onnxruntime (model.onnx in ONNX Runtime: its CUDA provider when available, "
+                   help="which model of the export runs: packed (default; Triton kernels on GPU, the native "
+                        "CPU kernels on CPU), onnxruntime (model.onnx in ONNX Runtime: its CUDA provider when available, "
                         "else CPU; onnxruntime-cpu / onnxruntime-cuda choose one), trained (the PyTorch model)")
     p.add_argument("--top-k", type=int, default=5, metavar="K",
                    help="classes shown per input (default 5, at most the number of classes)")

@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "validate", help=COMMANDS["validate"],
         description="Run the trained model (eval, from ARTIFACT_DIR/trained), the packed model (ARTIFACT_DIR/"
-                    "manifest.json; Triton on GPU, PyTorch elsewhere) and the ONNX graph (ARTIFACT_DIR/model.onnx) "
+                    "manifest.json; Triton on GPU, the native CPU kernels on CPU) and the ONNX graph (ARTIFACT_DIR/model.onnx) "
                     "in ONNX Runtime (CPU, and CUDA when available) on the first N test samples. Prints per runtime the "
                     "max abs and relative difference to the trained model evaluated in float64, top-1 agreement, "
                     "flips at near-ties, accuracy and latency, and writes the same as JSON. Exits with 1 when a "
