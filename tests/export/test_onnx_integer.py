@@ -99,6 +99,23 @@ def test_unpacked_integer_graph_holds_int8_weights_and_computes_the_same(tmp_pat
     assert torch.equal(run_onnxruntime(plain.path, x), run_onnxruntime(exported.path, x))
 
 
+def test_onnx_reference_evaluator_computes_the_residual_network(tmp_path, zoo_exports):
+    """The ONNX spec's reference implementation, not one runtime, on every integer route of
+    ResNet-20: QLinearConv to signs, QLinearConv's exact accumulator window (16
+    channels), im2col + MatMulInteger (32 and 64 channels), DequantizeLinear epilogues and
+    residuals.
+    It implements DequantizeLinear from opset 19 on, so this graph is exported at opset 21."""
+    from onnx.reference import ReferenceEvaluator
+
+    exported = zoo_exports("resnet20")
+    info = to_onnx(exported.model, tmp_path / "r20.onnx", inputs_with_zeros(2, (3, 32, 32), seed=2), opset=21)
+    assert {"QLinearConv", "MatMulInteger", "DequantizeLinear"} <= set(node_counts(info.path))
+    y = inputs_with_zeros(2, (3, 32, 32), seed=9)
+    out = torch.from_numpy(ReferenceEvaluator(info.path).run(None, {"input": y.numpy()})[0])
+    reference = Float64Reference(exported.model)
+    assert compare_outputs(reference.run(y), out, explain=reference.explain).ok
+
+
 @pytest.mark.parametrize("seed", range(SWEEP or 6))
 def test_random_model_integer_graph_is_exact(seed, tmp_path):
     rm = random_model(seed)
