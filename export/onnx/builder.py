@@ -24,6 +24,7 @@ class GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._shared: dict[tuple, str] = {}
+        self._once: dict[tuple, str] = {}
 
     def fresh(self, name: str) -> str:
         """``name``, or ``name.2``, ``name.3``... whichever is not taken yet (then taken)."""
@@ -37,7 +38,9 @@ class GraphBuilder:
     def const(self, name: str, value: np.ndarray) -> str:
         """A new initializer holding ``value``; returns its name."""
         name = self.fresh(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        value = np.asarray(value)
+        # ascontiguousarray would make a 0-d array 1-d; Range, for one, needs true scalars
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value) if value.ndim else value, name))
         return name
 
     def shared(self, value: np.ndarray | int | float, dtype) -> str:
@@ -48,6 +51,13 @@ class GraphBuilder:
             label = "_".join(str(v) for v in array.ravel()[:4]).replace("-", "m")
             self._shared[key] = self.const(f"c.{array.dtype.name}.{label}", array)  # short: referenced often
         return self._shared[key]
+
+    def once(self, key: tuple, make) -> str:
+        """``make()`` (a function that appends nodes and returns a value's name) the first time
+        ``key`` is asked for; the same name afterwards: a subgraph shared by several layers."""
+        if key not in self._once:
+            self._once[key] = make()
+        return self._once[key]
 
     def op(self, op_type: str, inputs: list[str], name: str, *, outputs: str | None = None, **attrs) -> str:
         """Append a node of the standard domain; returns its output's name (``outputs`` when

@@ -5,7 +5,8 @@ each packed layer by an :class:`OnnxPackedLayer`, which the exporter records as 
 ``bnnkit::PackedLayer`` node (attribute ``layer``: the packed layer's module path). Everything
 else in the packed graph (full-precision stem, pooling, shortcuts, classifier) is traced as it
 is. After export, :mod:`bnnkit.export.onnx.integer_layers` replaces each placeholder by
-standard integer ops.
+standard integer ops. A convolution's placeholder also carries its input's ``[H, W]``
+(:data:`INPUT_SIZE_ATTRIBUTE`).
 
 What flows between the placeholders (the exporter only sees dtypes and shapes):
 
@@ -28,6 +29,9 @@ from ..runtime.layers import PackedConv2d, PackedLayer, PackedLinear
 
 PLACEHOLDER_DOMAIN = "bnnkit"
 PLACEHOLDER_OP = "PackedLayer"
+INPUT_SIZE_ATTRIBUTE = "input_size"
+"""Attribute of a convolution's placeholder: its input's ``[H, W]`` (every dim but the batch
+dim is fixed at export)."""
 
 BINARY_ONE = 2
 """uint8 code of +1 in a binary activation (zero point :data:`BINARY_ZERO_POINT`)."""
@@ -69,7 +73,11 @@ class OnnxPackedLayer(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         dtype, shape = self.output_spec(x)
         inputs = (x,) if residual is None else (x, residual)
-        return torch.onnx.ops.symbolic(f"{PLACEHOLDER_DOMAIN}::{PLACEHOLDER_OP}", inputs, {"layer": self.key},
+        attrs: dict = {"layer": self.key}
+        if isinstance(self.layer, PackedConv2d):  # the input's (H, W), fixed at export: the im2col's geometry
+            hw = x.shape[1:3] if self.layer.input_kind == InputKind.PACKED else x.shape[2:4]
+            attrs[INPUT_SIZE_ATTRIBUTE] = [int(v) for v in hw]
+        return torch.onnx.ops.symbolic(f"{PLACEHOLDER_DOMAIN}::{PLACEHOLDER_OP}", inputs, attrs,
                                        dtype=dtype, shape=shape, version=1)
 
 

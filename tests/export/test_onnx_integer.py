@@ -21,7 +21,8 @@ from bnnkit.cli import main
 from bnnkit.backend import use_backend
 from bnnkit.export import OnnxExportError, pack, to_onnx
 from bnnkit.export.onnx import run_onnxruntime
-from bnnkit.export.onnx.integer_layers import IntegerLoweringError, exact_window, graph_epilogue, threshold_bias
+from bnnkit.export.onnx.integer_layers import (IntegerLoweringError, exact_window, graph_epilogue, split_windows,
+                                                threshold_bias)
 from bnnkit.export.validation import Float64Reference, compare_outputs
 from bnnkit.kernels.epilogue import Epilogue, epilogue_reference, sign_thresholds
 from bnnkit.nn import BinaryConv2d, BinaryLinear
@@ -38,6 +39,15 @@ def node_counts(path: str) -> dict[str, int]:
     for node in onnx.load(path).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def extra_windows(path: str) -> int:
+    """How many QLinearConvs beyond one per layer the split-window route (one per channel group,
+    fed by a Split) added."""
+    graph = onnx.load(path).graph
+    consumers = {i: n.op_type for n in graph.node for i in n.input}
+    return sum(len(n.output) - 1 for n in graph.node
+               if n.op_type == "Split" and all(consumers.get(o) == "QLinearConv" for o in n.output))
 
 
 def agrees_with_float64(model: nn.Module, path: str, x: torch.Tensor):
@@ -64,7 +74,7 @@ def test_integer_ops_compute_every_binary_layer_of_the_zoo(name, zoo_exports):
     counts = node_counts(exported.path)
     modules = list(exported.model.modules())
     binary = [m for m in modules if isinstance(m, (BinaryConv2d, BinaryLinear))]
-    assert sum(counts.get(op, 0) for op in INTEGER_OPS) == len(binary)
+    assert sum(counts.get(op, 0) for op in INTEGER_OPS) - extra_windows(exported.path) == len(binary)
     # the float ops left are the model's own full-precision layers
     assert counts.get("Conv", 0) == sum(type(m) is nn.Conv2d for m in modules)
     assert counts.get("Gemm", 0) + counts.get("MatMul", 0) == sum(type(m) is nn.Linear for m in modules)
@@ -184,7 +194,15 @@ def test_exact_window_rule():
     assert exact_window(254, 1) == 2.0 and exact_window(127, 1) == 1.0 and exact_window(129, 1) is None
 
 
-@pytest.mark.parametrize("channels, stride", [(28, 1), (28, 2), (13, 1), (30, 2), (64, 1)])
+def test_split_window_rule():
+    assert split_windows(28, 9) is None  # one window
+    assert split_windows(32, 9) == [16, 16] and split_windows(30, 9) == [16, 14] and split_windows(56, 9) == [28, 28]
+    assert split_windows(58, 9) is None and split_windows(64, 9) is None  # three windows or more: im2col
+    assert split_windows(31, 9) is None  # an odd group has no exact window of 2
+    assert split_windows(300, 1) == [150, 150]
+
+
+@pytest.mark.parametrize("channels, stride", [(28, 1), (28, 2), (13, 1), (30, 2), (32, 1), (56, 2), (64, 1)])
 def test_extreme_accumulators_are_exact_at_the_borders(tmp_path, channels, stride):
     """Inputs equal to (or opposite of) the weights give the largest |accumulator| the window or
     the im2col must hold, and zero padding shrinks it at the borders."""
@@ -197,8 +215,8 @@ def test_extreme_accumulators_are_exact_at_the_borders(tmp_path, channels, strid
     x = torch.cat([torch.ones(1, channels, 7, 9), -torch.ones(1, channels, 7, 9), torch.randn(2, channels, 7, 9)])
     info = to_onnx(net.eval(), tmp_path / "m.onnx", x[:2])
     counts = node_counts(info.path)
-    windowed = exact_window(channels, 9) is not None
-    assert counts.get("QLinearConv", 0) == windowed and counts.get("MatMulInteger", 0) == (not windowed)
+    windows = 1 if exact_window(channels, 9) is not None else len(split_windows(channels, 9) or [])
+    assert counts.get("QLinearConv", 0) == windows and counts.get("MatMulInteger", 0) == (not windows)
     got = run_onnxruntime(info.path, x)
     with torch.no_grad():
         want = net(x)
