@@ -107,21 +107,13 @@ def float32_architecture(model: torch.nn.Module) -> torch.nn.Module:
 def _fp32_graph(name: str) -> str:
     """The float32 model of ``name``'s architecture exported by ``torch.onnx.export`` (opset 18,
     dynamic batch), as a user would export a float model."""
-    import logging
-    import warnings
+    from bnnkit.export.onnx.export import quiet_exporter
 
     path = os.path.join(_workdir(), f"{name}-fp32.onnx")
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(float32_architecture(_model(name)), (torch.randn(2, *_input_shape(name)),), path,
-                              dynamo=True, opset_version=18, input_names=["input"], output_names=["output"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
-    finally:
-        logger.setLevel(level)
+    with quiet_exporter():
+        torch.onnx.export(float32_architecture(_model(name)), (torch.randn(2, *_input_shape(name)),), path,
+                          dynamo=True, opset_version=18, input_names=["input"], output_names=["output"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
     return path
 
 

@@ -89,13 +89,13 @@ def device_section(doc: dict) -> str:
     rows = latest_rows(doc["rows"])
     if not rows:
         return f"**{doc['device']}**: no rows recorded.\n"
-    runs: dict[str, list[dict]] = {}  # the latest run of each suite: one or several runs
+    runs: dict[str, list[dict]] = {}  # the latest run of each case: one or several runs
     for r in rows:
         runs.setdefault(r.get("run_id", ""), []).append(r)
     if len(runs) == 1:
         lines = [f"**{doc['device']}** ({_run_line(rows)}.", ""]
     else:
-        lines = [f"**{doc['device']}** ({rows[0]['device_type']}), the latest run of each suite:", ""]
+        lines = [f"**{doc['device']}** ({rows[0]['device_type']}), the latest run of each case:", ""]
         lines += [f"- {', '.join(dict.fromkeys(r['suite'] for r in part))}: {_run_line(part, device_type=False)}."
                   for part in runs.values()]
         lines.append("")

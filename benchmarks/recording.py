@@ -124,14 +124,15 @@ def row_variant(row: dict) -> str:
 
 
 def latest_rows(rows: Iterable[dict]) -> list[dict]:
-    """Rows of the most recent run of each suite (by date), in recorded order."""
+    """Rows of the most recent run of each (suite, case) (by date), in recorded order: a run of
+    some cases of a suite replaces those cases' rows and keeps the others'."""
     rows = list(rows)
-    newest: dict[str, tuple[str, str]] = {}
+    newest: dict[tuple[str, str], tuple[str, str]] = {}
     for r in rows:
-        key = (r.get("date", ""), r.get("run_id", ""))
-        if r["suite"] not in newest or key > newest[r["suite"]]:
-            newest[r["suite"]] = key
-    return [r for r in rows if (r.get("date", ""), r.get("run_id", "")) == newest[r["suite"]]]
+        key, when = (r["suite"], r.get("case", "")), (r.get("date", ""), r.get("run_id", ""))
+        if key not in newest or when > newest[key]:
+            newest[key] = when
+    return [r for r in rows if (r.get("date", ""), r.get("run_id", "")) == newest[r["suite"], r.get("case", "")]]
 
 
 def _merge_cmd(args: argparse.Namespace) -> int:

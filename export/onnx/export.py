@@ -96,7 +96,7 @@ class OnnxExport:
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """Silence the exporter's progress prints, optional-package warnings and deprecations."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
@@ -135,7 +135,7 @@ def _torch_export(view: nn.Module, x: torch.Tensor, opset: int, what: str, **opt
     # torch.export specializes a dim whose example size is 1; trace with batch >= 2.
     trace_x = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
     try:
-        with _quiet_exporter():
+        with quiet_exporter():
             program = torch.onnx.export(
                 view, (trace_x,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),

@@ -74,11 +74,12 @@ def test_combine_joins_parts_and_keeps_one_set_of_ceilings():
         recording.combine_runs([first, run_doc([row(device="B")], device="B")])
 
 
-def test_latest_rows_per_suite_and_variants():
+def test_latest_rows_per_suite_case_and_variants():
     old = row(date="2026-01-01T00:00:00+00:00", run_id="old")
     new = row(date="2026-02-01T00:00:00+00:00", run_id="new", **{"pass": "forward"})
     conv = row(suite="conv", date="2025-12-01T00:00:00+00:00", run_id="c")
-    assert recording.latest_rows([old, new, conv]) == [new, conv]
+    other_case = row(case="another", date="2025-12-01T00:00:00+00:00", run_id="old")  # not rerun: kept
+    assert recording.latest_rows([old, new, conv, other_case]) == [new, conv, other_case]
     assert recording.row_variant(new) == "pass=forward" and recording.row_variant(old) == ""
 
 
