@@ -165,7 +165,7 @@ def figure(record: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bnnkit.benchmarks.readme_table import replace_section
+    from bnnkit.benchmarks.readme_table import check_or_write, replace_section
     from bnnkit.benchmarks.recording import REPO_ROOT
 
     parser = argparse.ArgumentParser(prog="python -m bnnkit.benchmarks.quickstart",
@@ -207,17 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as e:
         print(f"quickstart: error: {e}", file=sys.stderr)
         return 2
-    if args.check:
-        if updated != readme:
-            print(f"{args.readme}: the quick-start figure is out of date; run python -m bnnkit.benchmarks.quickstart "
-                  "readme", file=sys.stderr)
-            return 1
-        return 0
-    if updated != readme:
-        with open(args.readme, "w") as f:
-            f.write(updated)
-    print(f"{args.readme}: quick-start figure {'updated' if updated != readme else 'already current'}")
-    return 0
+    return check_or_write(args.readme, readme, updated, args.check, "quick-start figure",
+                          "python -m bnnkit.benchmarks.quickstart readme")
 
 
 if __name__ == "__main__":

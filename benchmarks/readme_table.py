@@ -167,16 +167,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"readme_table: error: {e}", file=sys.stderr)
         return 2
-    if args.check:
+    return check_or_write(args.readme, readme, updated, args.check, "performance table",
+                          "python -m bnnkit.benchmarks.readme_table")
+
+
+def check_or_write(path: str, readme: str, updated: str, check: bool, what: str, command: str) -> int:
+    """With ``check``: exit status 1 (and a line naming ``command``) when the README at ``path``
+    differs from ``updated``, else 0. Without: write ``updated`` there if it differs; 0."""
+    if check:
         if updated != readme:
-            print(f"{args.readme}: the performance table is out of date; run python -m bnnkit.benchmarks.readme_table",
-                  file=sys.stderr)
+            print(f"{path}: the {what} is out of date; run {command}", file=sys.stderr)
             return 1
         return 0
     if updated != readme:
-        with open(args.readme, "w") as f:
+        with open(path, "w") as f:
             f.write(updated)
-    print(f"{args.readme}: performance table {'updated' if updated != readme else 'already up to date'}")
+    print(f"{path}: {what} {'updated' if updated != readme else 'already up to date'}")
     return 0
 
 

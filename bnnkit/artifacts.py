@@ -350,25 +350,6 @@ _SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32
 MAX_HEADER_BYTES = 16 << 20
 
 
-def read_safetensors_table(path: str, what: str = "tensor file") -> dict[str, dict[str, Any]]:
-    """The tensor table of a safetensors file (name -> dtype, shape) read from its header alone,
-    without loading any tensor (:func:`safetensors_header`); the file's size must be what its
-    header describes."""
-    from bnnkit.reading import open_regular
-
-    fd = open_regular(path, what)
-    try:
-        with os.fdopen(os.dup(fd), "rb") as f:
-            table, size, _ = safetensors_header(f.read, what, path)
-        actual = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    if actual != size:
-        raise ArtifactError(f"{what} {path!r} is not a readable safetensors file: {actual} bytes on disk, the header "
-                            f"describes {size}")
-    return table
-
-
 def safetensors_header(read, what: str, path: str) -> tuple[dict[str, dict[str, Any]], int, dict[str, str]]:
     """``(tensor table, file size the header describes, metadata)`` of a safetensors file, from its
     first bytes (``read(n)`` returns the next ``n`` bytes): the 8-byte header length, then

@@ -11,6 +11,7 @@ from bnnkit.artifacts import ArtifactError, read_tensors
 from bnnkit.data import load_digits_tensors
 from bnnkit.train import TrainConfig, load_run, train
 from bnnkit.train import loop as train_loop
+from train_testing import interrupt_epoch
 
 SMALL_MLP = {"hidden": 128}
 
@@ -67,21 +68,10 @@ def test_resume_continues_exactly_from_another_path_to_the_run(tmp_path, monkeyp
     it ends where the uninterrupted run ends (the run is the directory, not its spelling)."""
     straight = train(digits_config(tmp_path / "a"), log=lambda *a: None)
 
-    calls = {"n": 0}
-    real = train_loop.train_one_epoch
-
-    def crash_in_third_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    train_loop.train_one_epoch = crash_in_third_epoch
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(digits_config(tmp_path / "b"), log=lambda *a: None)
-    finally:
-        train_loop.train_one_epoch = real
+    interrupt_epoch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(digits_config(tmp_path / "b"), log=lambda *a: None)
+    monkeypatch.undo()
     os.rename(tmp_path / "b", tmp_path / "moved")
     monkeypatch.chdir(tmp_path)
     logged = []
@@ -229,17 +219,8 @@ def test_a_run_saved_under_the_old_name_ste_loads_and_resumes_as_identity_ste(tm
         saved["model_kwargs"] = {**saved["model_kwargs"], "estimator": "ste"}
         return saved
 
-    real_epoch = train_loop.train_one_epoch
-    calls = {"n": 0}
-
-    def interrupt_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
     monkeypatch.setattr(TrainConfig, "to_json", as_bnnkit_01)
-    monkeypatch.setattr(train_loop, "train_one_epoch", interrupt_second_epoch)
+    interrupt_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(digits_config(tmp_path / "old", **options), log=lambda *a: None)
     monkeypatch.undo()
@@ -264,16 +245,7 @@ def test_every_row_records_where_it_ran_and_a_resume_elsewhere_says_so(tmp_path,
     from bnnkit.cli import main
 
     before = torch.get_num_threads()
-    real_epoch = train_loop.train_one_epoch
-    calls = {"n": 0}
-
-    def interrupt_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_loop, "train_one_epoch", interrupt_second_epoch)
+    interrupt_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(digits_config(tmp_path / "r", epochs=2, threads=1), log=lambda *a: None)
     monkeypatch.undo()

@@ -54,22 +54,13 @@ def test_bf16_amp_run_learns(tmp_path):
 
 
 def test_fp16_resume_continues_exactly_with_the_scaler_state(tmp_path, monkeypatch):
-    from bnnkit.train import loop as train_loop
+    from train_testing import interrupt_epoch
 
     straight = train(digits_config(tmp_path / "a", amp="fp16"), log=lambda *a: None)
-    real = train_loop.train_one_epoch
-    calls = {"n": 0}
-
-    def crash_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_loop, "train_one_epoch", crash_in_second_epoch)
+    interrupt_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(digits_config(tmp_path / "b", amp="fp16"), log=lambda *a: None)
-    monkeypatch.setattr(train_loop, "train_one_epoch", real)
+    monkeypatch.undo()
     resumed = train(digits_config(tmp_path / "b", amp="fp16"), resume=True, log=lambda *a: None)
     assert _same_metrics(resumed.metrics, straight.metrics)
     states = [read_checkpoint(str(tmp_path / d / CHECKPOINT_FILE)).progress.grad_scaler for d in "ab"]

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnnkit.artifacts import ArtifactError, parse_json, safetensors_header, tensors_from_bytes
+from bnnkit.artifacts import (ArtifactError, parse_json, safetensors_header, tensor_table, tensor_table_from_bytes,
+                              tensors_from_bytes)
 from bnnkit.reading import MAX_JSON_BYTES, Directory, open_regular, pread_stream, read_fd, read_safetensors_checked
 from bnnkit.train import checks
 from bnnkit.train.config import RUN_FORMAT_VERSION, TrainConfig, saved_model_kwargs
@@ -316,7 +317,7 @@ def read_run_files(run_dir: str) -> tuple[dict[str, Any], dict[str, bytes]]:
         files = _run_manifest_files(manifest_bytes, os.path.join(run_dir, MANIFEST_FILE))
         _check_listed(files, CONFIG_FILE, config_bytes, run_dir)
         _check_listed(files, MODEL_FILE, None, run_dir)
-        table = _table(build_model_of_run(config, run_dir, meta=True))
+        table = tensor_table(build_model_of_run(config, run_dir, meta=True).state_dict())
         model_path = os.path.join(run_dir, MODEL_FILE)
         fd = d.open(MODEL_FILE, "model file")
         try:
@@ -357,11 +358,6 @@ def run_files_model(config_bytes: bytes, model_bytes: bytes, manifest_bytes: byt
     return model_from_run_files(config, model_bytes, run_dir, map_location), config
 
 
-def _table(model: nn.Module) -> dict[str, dict[str, Any]]:
-    return {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-            for k, t in model.state_dict().items()}
-
-
 def _compare_tables(want: dict[str, dict[str, Any]], have: dict[str, dict[str, Any]], where: str) -> None:
     from bnnkit.schema import show
 
@@ -397,14 +393,8 @@ def model_from_run_files(config: dict[str, Any], model_bytes: bytes, run_dir: st
     """The run's model (eval mode) from its checked config and the bytes of its tensor file,
     compared with what the model holds (built on the meta device) before anything is built."""
     model_path = os.path.join(run_dir, MODEL_FILE)
-    _compare_tables(_table(build_model_of_run(config, run_dir, meta=True)),
-                    _table_of_bytes(model_bytes, model_path), f"run {run_dir!r}")
+    _compare_tables(tensor_table(build_model_of_run(config, run_dir, meta=True).state_dict()),
+                    tensor_table_from_bytes(model_bytes, "model file", model_path), f"run {run_dir!r}")
     model = build_model_of_run(config, run_dir, meta=False)
     load_state(model, tensors_from_bytes(model_bytes, "model file", model_path), model_path)
     return model.to(map_location).eval()
-
-
-def _table_of_bytes(data: bytes, path: str) -> dict[str, dict[str, Any]]:
-    from bnnkit.artifacts import tensor_table_from_bytes
-
-    return tensor_table_from_bytes(data, "model file", path)

@@ -192,8 +192,9 @@ def expected_checkpoint_table(model: torch.nn.Module, optimizer: torch.optim.Opt
     exactly as the model's state dict, and the optimizer's per-parameter tensors (index ->
     parameter, which each ``optimizer.<index>.<key>`` tensor must match in shape and dtype, or
     be a 0-d tensor)."""
-    table = {name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-             for name, t in model.state_dict().items()}
+    from bnnkit.artifacts import tensor_table
+
+    table = tensor_table(model.state_dict())
     params: dict[int, torch.Tensor] = {}
     if optimizer is not None:
         flat = [p for group in optimizer.param_groups for p in group["params"]]
